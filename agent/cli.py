@@ -1,0 +1,226 @@
+"""The `vehicle-agent` verbs. Exit codes: 0 success, 1 runtime failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.errors import AgentError, ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+if TYPE_CHECKING:
+    from agent.dbc import Vehicle
+
+
+def _load_vehicle(path: str) -> Vehicle:
+    # Imported here so `--help` and argument errors stay fast on a slow head unit.
+    from agent import config, dbc
+
+    return dbc.load_vehicle(config.load(path))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    _load_vehicle(args.config)
+    print("OK")
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agent import replay
+
+    vehicle = _load_vehicle(args.config)
+    channel_map = replay.parse_channel_map(args.map_channel or [])
+    out = replay.open_output(args.output)
+    try:
+        summary = replay.replay(
+            vehicle,
+            Path(args.log),
+            out,
+            every_frame=args.every_frame,
+            channel_map=channel_map,
+            progress=None if args.quiet else sys.stderr,
+        )
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    if not args.quiet:
+        print(summary.line(), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from agent import logs
+    from agent.sim.runner import LiveSimulator, SimulatedCar, record
+    from agent.sim.scenario import load_scenario
+
+    vehicle = _load_vehicle(args.config)
+    settings = vehicle.loaded.settings
+    scenario = load_scenario(args.scenario or settings.simulator.scenario, vehicle.loaded.base_dir)
+    speedup = args.speedup or settings.simulator.speedup
+    if args.record:
+        if args.duration is None:
+            raise AgentError("--record needs --duration (simulated seconds to write)")
+        count = record(
+            vehicle,
+            scenario,
+            Path(args.record),
+            duration_s=args.duration,
+            start_ts=time.time(),
+            seed=settings.simulator.seed,
+        )
+        print(
+            f"simulate: wrote {count} frames ({args.duration:g} simulated s) to {args.record}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    logs.configure(settings.logging.level, settings.logging.format, stream=sys.stderr)
+    from agent.can_io import open_bus
+
+    buses = {}
+    try:
+        for name, bus_db in vehicle.buses.items():
+            buses[name] = open_bus(bus_db.settings)
+        car = SimulatedCar(vehicle, scenario, seed=settings.simulator.seed)
+        sim = LiveSimulator(car, buses, speedup=speedup)
+        duration = args.duration
+        _run_until_signal(sim.run(duration))
+        stats = car.stats
+        print(
+            f"simulate: {stats.frames_sent} frames sent, {stats.send_errors} send errors, "
+            f"{stats.commands} commands answered",
+            file=sys.stderr,
+        )
+    finally:
+        for bus in buses.values():
+            bus.shutdown()
+    return EXIT_OK
+
+
+def _run_until_signal(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine until it ends or SIGINT/SIGTERM arrives (then cancel it cleanly)."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vehicle-agent",
+        description="In-vehicle telematics agent: CAN/DBC -> COVESA VSS -> MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"vehicle-agent {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(
+        name: str, func: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=text, description=text)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = verb(
+        "check-config",
+        cmd_check_config,
+        "Validate the config, its DBC files, signal mappings and keys; print OK or "
+        "one line per problem (FILE:LINE: key.path: message) and exit 2.",
+    )
+    sub.add_argument("-c", "--config", required=True, metavar="FILE")
+
+    sub = verb(
+        "replay",
+        cmd_replay,
+        "Decode a recorded CAN log (candump .log, .asc, .blf, .trc, ...) with the "
+        "daemon's decode path; write JSON Lines samples.",
+    )
+    sub.add_argument("-c", "--config", required=True, metavar="FILE")
+    sub.add_argument("log", metavar="LOG")
+    sub.add_argument("-o", "--output", metavar="OUT", help="write samples here (default stdout)")
+    sub.add_argument(
+        "--every-frame",
+        action="store_true",
+        help="every mapped signal of every frame, bypassing the sampling policies",
+    )
+    sub.add_argument(
+        "--map-channel",
+        action="append",
+        metavar="CHANNEL=BUS",
+        help="decode frames of log channel CHANNEL with bus BUS (repeatable)",
+    )
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+
+    sub = verb(
+        "simulate",
+        cmd_simulate,
+        "Run the reference vehicle simulator on the configured buses, answering "
+        "command frames; or write a log of it with --record.",
+    )
+    sub.add_argument("-c", "--config", required=True, metavar="FILE")
+    sub.add_argument(
+        "--scenario",
+        metavar="NAME|FILE",
+        help="parked, driving, plugged_in, or a scenario YAML file",
+    )
+    sub.add_argument(
+        "--speedup", type=_positive, metavar="N", help="simulated seconds per wall-clock second"
+    )
+    sub.add_argument(
+        "--duration", type=_positive, metavar="S", help="stop after S simulated seconds"
+    )
+    sub.add_argument(
+        "--record",
+        metavar="LOG",
+        help="write frames to LOG (candump .log, .asc, .blf, ...) as fast as "
+        "possible instead of using the buses",
+    )
+    return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except AgentError as exc:
+        print(f"vehicle-agent {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `vehicle-agent replay ... | head`: the reader left; that is not an error.
+        with contextlib.suppress(OSError):
+            sys.stdout = None
+        return EXIT_OK

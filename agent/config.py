@@ -1,0 +1,378 @@
+"""YAML -> validated, frozen settings; every problem reported as `FILE:LINE: key.path: message`.
+
+This module checks shape, types and ranges. Whether a mapping fits the DBC files (signal names,
+choices, buses) is checked by `agent.dbc`, which reuses `Loaded.problem()` for its lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent import yamlpos
+from agent.errors import ConfigError, Problem
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+VSS_PATH_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})+$")
+SOURCE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})?$")
+
+Scalar = bool | int | float | str
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths in the file resolve against the file's own folder."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY (possibly a colon-separated list).
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    return Path("/var/lib/vehicle-agent")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BusSettings(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=32)]
+    interface: Annotated[str, Field(min_length=1)] = "socketcan"
+    channel: Annotated[str, Field(min_length=1)]
+    fd: bool = False
+    bitrate: Annotated[int, Field(gt=0)] | None = None
+    dbc: Annotated[list[ConfigPath], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+class CanSettings(_Model):
+    buses: Annotated[list[BusSettings], Field(min_length=1)]
+
+
+class LinearTransform(_Model):
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @field_validator("scale", "offset")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class Transform(_Model):
+    """Exactly one of `linear` or `map`. Map keys are checked against the DBC in agent.dbc."""
+
+    linear: LinearTransform | None = None
+    map: dict[Any, Any] | None = None
+
+    @field_validator("map")
+    @classmethod
+    def _map_shape(cls, value: dict[Any, Any] | None) -> dict[Any, Any] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("map needs at least one entry")
+        for key, out in value.items():
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise ValueError(f"map key {key!r} must be a choice name or a whole number")
+            if out is None or not isinstance(out, Scalar):
+                raise ValueError(f"map value for {key!r} must be a boolean, number or string")
+            if isinstance(out, float) and not math.isfinite(out):
+                raise ValueError(f"map value for {key!r} must be finite")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Transform:
+        if (self.linear is None) == (self.map is None):
+            raise ValueError("give exactly one of 'linear' or 'map'")
+        return self
+
+
+class SignalSettings(_Model):
+    path: Annotated[str, Field(pattern=VSS_PATH_RE.pattern, max_length=256)]
+    source: Annotated[str, Field(pattern=SOURCE_RE.pattern)]
+    bus: str | None = None
+    transform: Transform | None = None
+    on_change: bool = True
+    deadband: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    min_interval_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 0
+    max_interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] | None = None
+
+
+class TelemetrySettings(_Model):
+    batch_interval_ms: Annotated[int, Field(ge=10, le=600_000)] = 1000
+    batch_max_samples: Annotated[int, Field(ge=1, le=100_000)] = 500
+    state_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10
+
+
+class TlsSettings(_Model):
+    ca: ConfigPath | None = None
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("mutual TLS needs both 'cert' and 'key'")
+        return self
+
+
+class MqttSettings(_Model):
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    topic_prefix: Annotated[str, Field(min_length=1)] = "vehicles/{vehicle_id}"
+    tls: TlsSettings | None = None
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("topic_prefix may not contain + # or start/end with /")
+        return value
+
+
+class StorageSettings(_Model):
+    path: ConfigPath = Field(default_factory=lambda: _default_state_dir() / "outbox.db")
+    max_mb: Annotated[float, Field(gt=0, le=1_000_000)] = 256
+    sync: Literal["normal", "full"] = "normal"
+    max_age_h: Annotated[float, Field(gt=0)] | None = None
+
+
+def _check_public_key(value: str) -> str:
+    public_key_bytes(value)
+    return value
+
+
+def public_key_bytes(value: str) -> bytes:
+    """The raw 32-byte Ed25519 key from base64 or a PEM block; ValueError if it is neither."""
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        try:
+            key = load_pem_public_key(text.encode())
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a readable PEM public key ({exc})") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("PEM key is not an Ed25519 public key")
+        return key.public_bytes_raw()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not valid base64 and not a PEM block") from exc
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+    Ed25519PublicKey.from_public_bytes(raw)
+    return raw
+
+
+class TrustedKey(_Model):
+    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+    public_key: Annotated[str, AfterValidator(_check_public_key)]
+    allow: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.*?]+$")]] = Field(default_factory=list)
+    not_after: datetime | None = None
+    revoked: bool = False
+
+    @field_validator("not_after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2027-12-31T00:00:00Z")
+        return value
+
+
+class CommandSettings(_Model):
+    max_ttl_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    clock_skew_s: Annotated[int, Field(ge=0, le=3600)] = 30
+    trust: list[TrustedKey] = Field(default_factory=list)
+
+
+SCENARIOS = ("parked", "driving", "plugged_in")
+
+
+class SimulatorSettings(_Model):
+    enabled: bool = False
+    scenario: Annotated[str, Field(min_length=1)] = "parked"
+    speedup: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    seed: int = 0
+
+
+class LoggingSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] | None = None
+
+
+class Settings(_Model):
+    vehicle_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    can: CanSettings
+    signals: Annotated[list[SignalSettings], Field(min_length=1)]
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix.replace("{vehicle_id}", self.vehicle_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Validated settings plus where each key stood, for later checks that need lines."""
+
+    settings: Settings
+    file: str
+    base_dir: Path
+    positions: yamlpos.Positions
+
+    def problem(self, path: Sequence[str | int], message: str) -> Problem:
+        return Problem(self.file, self.positions.line_of(tuple(path)), _dotted(path), message)
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    return ".".join(str(p) for p in path) or "(document)"
+
+
+def load(file: str | Path) -> Loaded:
+    """Read and validate a configuration file; raise ConfigError listing every problem."""
+    name = str(file)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(name, 1, "(file)", f"cannot read: {reason}")]) from exc
+    data, positions, issues = yamlpos.load(text)
+    problems = [Problem(name, i.line, _dotted(i.path), i.message) for i in issues]
+    if problems and data is None:
+        raise ConfigError(problems)
+    if not isinstance(data, Mapping):
+        got = "an empty file" if data is None else type(data).__name__
+        raise ConfigError(
+            [*problems, Problem(name, 1, "(document)", f"expected a mapping, got {got}")]
+        )
+
+    base_dir = Path(file).resolve().parent
+    try:
+        settings = Settings.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            problems.append(
+                Problem(name, positions.line_of(loc), _dotted(loc), _message(err, data))
+            )
+        raise ConfigError(problems) from exc
+    loaded = Loaded(settings=settings, file=name, base_dir=base_dir, positions=positions)
+    problems += _duplicates(loaded)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def _duplicates(loaded: Loaded) -> list[Problem]:
+    """Names that must be unique: bus names, key ids, VSS paths. Reported at the repeat."""
+    s = loaded.settings
+    groups: list[tuple[str, str, list[str]]] = [
+        ("can.buses", "name", [b.name for b in s.can.buses]),
+        ("commands.trust", "kid", [k.kid for k in s.commands.trust]),
+        ("signals", "path", [m.path for m in s.signals]),
+    ]
+    problems = []
+    for section, key, values in groups:
+        first: dict[str, int] = {}
+        for index, value in enumerate(values):
+            if value in first:
+                section_path: tuple[str | int, ...] = tuple(section.split("."))
+                line = loaded.positions.line_of((*section_path, first[value], key))
+                where = f"first at {section}.{first[value]}, line {line}"
+                problems.append(
+                    loaded.problem(
+                        (*section_path, index, key), f"duplicate {key} {value!r} ({where})"
+                    )
+                )
+            else:
+                first[value] = index
+    return problems
+
+
+def _message(err: Any, data: Any) -> str:
+    kind = err["type"]
+    loc = tuple(err["loc"])
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"unknown key{suggestion}; allowed here: {', '.join(sorted(allowed))}"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind not in {"value_error", "assertion_error"} and "input" in err:
+        got = err["input"]
+        if not isinstance(got, dict | list):
+            msg = f"{msg} (got {got!r})"
+    return msg
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model that sits at `loc`, for 'did you mean' hints."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,34 @@
+"""The agent's exception hierarchy and the `Problem` record every validator reports.
+
+Library errors are wrapped at the boundary (`raise ConfigError(...) from exc`) so callers
+only ever catch `AgentError` subclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """One configuration problem, printed as `FILE:LINE: key.path: message`."""
+
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """The configuration (YAML, DBC files, mappings, keys) is unusable; carries every problem."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

@@ -1,0 +1,2 @@
+"""The reference vehicle simulator: ECU models that send the reference DBC's frames and answer
+the telematics unit's command frames, for demos, tests and benches."""
