@@ -19,7 +19,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+        # One problem, one line: library messages sometimes span several.
+        message = " ".join(self.message.split())
+        return f"{self.file}:{self.line}: {self.key}: {message}"
 
 
 class AgentError(Exception):

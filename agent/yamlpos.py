@@ -60,7 +60,10 @@ class YamlIssue:
 def load(text: str) -> tuple[Any, Positions, list[YamlIssue]]:
     """Parse one YAML document. Syntax errors come back as issues, never as exceptions."""
     positions = Positions()
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:  # the reader rejects control characters up front
+        return None, positions, [YamlIssue(_line_at(text, exc), (), f"YAML error: {exc}")]
     try:
         node = loader.get_single_node()
         if node is None:
@@ -74,7 +77,7 @@ def load(text: str) -> tuple[Any, Positions, list[YamlIssue]]:
         problem = exc.problem or str(exc)
         return None, positions, [YamlIssue(line, (), f"YAML syntax error: {problem}")]
     except yaml.YAMLError as exc:
-        return None, positions, [YamlIssue(1, (), f"YAML error: {exc}")]
+        return None, positions, [YamlIssue(_line_at(text, exc), (), f"YAML error: {exc}")]
     finally:
         loader.dispose()
     return data, positions, issues
@@ -111,3 +114,10 @@ def _key_of(node: yaml.Node) -> str | int:
                 return str(node.value)
         return str(node.value)
     return str(node.value)
+
+
+def _line_at(text: str, exc: yaml.YAMLError) -> int:
+    position = getattr(exc, "position", None)
+    if isinstance(position, int):
+        return text.count("\n", 0, position) + 1
+    return 1
