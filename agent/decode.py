@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cantools.database.can import Message, Signal
@@ -19,15 +19,12 @@ from cantools.database.utils import create_encode_decode_formats
 from agent.dbc import MappedSignal, Vehicle, choices_of, frame_key
 from agent.model import FrameLike, Sample, Value
 
-# How a mapped value is turned into its output value.
-_PLAIN, _CHOICE, _LINEAR, _MAP = range(4)
-
 
 @dataclass(slots=True)
 class DecodeStats:
-    """Counters of one bus. Every frame lands in exactly one of the frame buckets."""
+    """Counters of one bus. Every frame lands in exactly one of the frame buckets, so the
+    number of frames is their sum (one counter write per frame on the hot path)."""
 
-    frames: int = 0
     decoded: int = 0  # a plan existed and ran
     unknown_id: int = 0  # no mapped signal on this id
     short: int = 0  # fewer bytes than the DBC message declares
@@ -38,7 +35,8 @@ class DecodeStats:
     unmapped_values: int = 0  # a `map` transform did not cover the value: dropped
     nonfinite: int = 0  # NaN or infinity from a float signal: dropped (not valid JSON)
 
-    def frame_buckets(self) -> int:
+    @property
+    def frames(self) -> int:
         return (
             self.decoded
             + self.unknown_id
@@ -49,11 +47,44 @@ class DecodeStats:
         )
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {"frames": self.frames, **asdict(self)}
 
 
-# (path, signal name, scale, offset, kind, table, transform scale, transform offset, is_float)
-_Out = tuple[str, str, Any, Any, int, dict[Any, Value], float, float, bool]
+@dataclass(slots=True)
+class _Outputs:
+    """The mapped signals of one plan, grouped by how their value is computed, so the per-frame
+    loops carry no branching: (path, signal name, ...) tuples in each group."""
+
+    linear: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # raw * a + b
+    choice: list[tuple[str, str, Any, Any, dict[int, str]]] = field(default_factory=list)
+    mapped: list[tuple[str, str, dict[Any, Value]]] = field(default_factory=list)
+    floats: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # checked for NaN/inf
+
+    def add(self, mapped: MappedSignal) -> None:
+        signal = mapped.signal
+        transform = mapped.settings.transform
+        scale, offset = signal.conversion.scale, signal.conversion.offset
+        names = choices_of(signal)
+        if transform is not None and transform.map is not None:
+            by_name = {name: raw for raw, name in names.items()}
+            table: dict[Any, Value] = {}
+            for key, out in transform.map.items():
+                if isinstance(key, str):
+                    table[by_name[key]] = out
+            for key, out in transform.map.items():
+                if isinstance(key, int):  # raw numbers are explicit, so they win over names
+                    table[key] = out
+            self.mapped.append((mapped.path, signal.name, table))
+            return
+        if transform is not None and transform.linear is not None:
+            # (raw * scale + offset) * t_scale + t_offset, folded into one multiply-add.
+            t_scale, t_offset = transform.linear.scale, transform.linear.offset
+            scale, offset = scale * t_scale, offset * t_scale + t_offset
+        elif names:
+            self.choice.append((mapped.path, signal.name, scale, offset, names))
+            return
+        group = self.floats if signal.is_float else self.linear
+        group.append((mapped.path, signal.name, scale, offset))
 
 
 @dataclass(slots=True)
@@ -62,48 +93,17 @@ class _Plan:
     length: int
     big: Any  # bitstruct compiled format, or None when no mapped signal is big-endian
     little: Any
-    outs: tuple[_Out, ...]
+    outs: _Outputs
     mux: str | None = None  # selector signal name when mapped signals are multiplexed
     branches: dict[int, _Plan] | None = None
     fallback: Message | None = None  # nested multiplexing: cantools decodes the frame
 
 
-def _output(mapped: MappedSignal) -> _Out:
-    signal = mapped.signal
-    transform = mapped.settings.transform
-    conversion = signal.conversion
-    scale, offset = conversion.scale, conversion.offset
-    names = choices_of(signal)
-    table: dict[Any, Value] = {}
-    t_scale, t_offset = 1.0, 0.0
-    if transform is not None and transform.map is not None:
-        kind = _MAP
-        by_name = {name: raw for raw, name in names.items()}
-        for key, out in transform.map.items():
-            if isinstance(key, str):
-                table[by_name[key]] = out
-        for key, out in transform.map.items():
-            if isinstance(key, int):  # raw numbers are explicit, so they win over names
-                table[key] = out
-    elif transform is not None and transform.linear is not None:
-        kind = _LINEAR
-        t_scale, t_offset = transform.linear.scale, transform.linear.offset
-    elif names:
-        kind = _CHOICE
-        table = dict(names)
-    else:
-        kind = _PLAIN
-    return (
-        mapped.path,
-        signal.name,
-        scale,
-        offset,
-        kind,
-        table,
-        t_scale,
-        t_offset,
-        signal.is_float,
-    )
+def _outputs(mapped: Iterable[MappedSignal]) -> _Outputs:
+    outs = _Outputs()
+    for m in mapped:
+        outs.add(m)
+    return outs
 
 
 def _compile(signals: list[Signal], length: int) -> tuple[Any, Any]:
@@ -120,8 +120,7 @@ def _compile(signals: list[Signal], length: int) -> tuple[Any, Any]:
 def _build_plan(message: Message, mapped: list[MappedSignal]) -> _Plan:
     length = message.length
     if any(_nested(message, m.signal) for m in mapped):
-        outs = tuple(_output(m) for m in mapped)
-        return _Plan(message.name, length, None, None, outs, fallback=message)
+        return _Plan(message.name, length, None, None, _outputs(mapped), fallback=message)
     base = [m for m in mapped if m.signal.multiplexer_ids is None]
     muxed = [m for m in mapped if m.signal.multiplexer_ids is not None]
     base_signals = [m.signal for m in base]
@@ -135,12 +134,10 @@ def _build_plan(message: Message, mapped: list[MappedSignal]) -> _Plan:
         for mux_id in sorted({i for m in muxed for i in m.signal.multiplexer_ids or ()}):
             members = [m for m in muxed if mux_id in (m.signal.multiplexer_ids or ())]
             big, little = _compile([m.signal for m in members], length)
-            outs = tuple(_output(m) for m in members)
-            branches[mux_id] = _Plan(f"{message.name}[{mux_id}]", length, big, little, outs)
+            name = f"{message.name}[{mux_id}]"
+            branches[mux_id] = _Plan(name, length, big, little, _outputs(members))
     big, little = _compile(base_signals, length)
-    return _Plan(
-        message.name, length, big, little, tuple(_output(m) for m in base), selector, branches
-    )
+    return _Plan(message.name, length, big, little, _outputs(base), selector, branches)
 
 
 def _nested(message: Message, signal: Signal) -> bool:
@@ -178,7 +175,6 @@ class Decoder:
     def decode_into(self, frame: FrameLike, out: list[Sample]) -> None:
         """Append the samples of one frame to `out`; count the frame in exactly one bucket."""
         stats = self.stats
-        stats.frames += 1
         if frame.is_error_frame:
             stats.error_frames += 1
             return
@@ -215,30 +211,43 @@ class Decoder:
         if branch is not None:
             self._emit(branch.outs, branch_raw, frame.timestamp, out)
 
-    def _emit(self, outs: tuple[_Out, ...], raw: Any, ts: float, out: list[Sample]) -> None:
-        stats = self.stats
-        for path, name, scale, offset, kind, table, t_scale, t_offset, is_float in outs:
-            value: Any = raw.get(name)
-            if value is None:  # fallback decode: signal not selected by its multiplexer
-                continue
-            if kind == _PLAIN:
+    def _emit(self, outs: _Outputs, raw: Any, ts: float, out: list[Sample]) -> None:
+        # Hot path: locals only, one tuple per sample, counters updated once per frame.
+        # Missing names only happen with the cantools fallback (branch not selected).
+        new = tuple.__new__
+        append = out.append
+        before = len(out)
+        for path, name, scale, offset in outs.linear:
+            value = raw.get(name)
+            if value is not None:
+                append(new(Sample, (path, ts, value * scale + offset)))
+        if not (outs.choice or outs.mapped or outs.floats):
+            self.stats.samples += len(out) - before
+            return
+        for path, name, scale, offset, names in outs.choice:
+            value = raw.get(name)
+            if value is not None:
+                named = names.get(value)
+                append(
+                    new(Sample, (path, ts, named if named is not None else value * scale + offset))
+                )
+        for path, name, table in outs.mapped:
+            value = raw.get(name)
+            if value is not None:
+                result = table.get(value)
+                if result is None:
+                    self.stats.unmapped_values += 1
+                else:
+                    append(new(Sample, (path, ts, result)))
+        for path, name, scale, offset in outs.floats:
+            value = raw.get(name)
+            if value is not None:
                 value = value * scale + offset
-            elif kind == _CHOICE:
-                named = table.get(value)
-                value = named if named is not None else value * scale + offset
-            elif kind == _LINEAR:
-                value = (value * scale + offset) * t_scale + t_offset
-            else:
-                mapped = table.get(value)
-                if mapped is None:
-                    stats.unmapped_values += 1
-                    continue
-                value = mapped
-            if is_float and isinstance(value, float) and not math.isfinite(value):
-                stats.nonfinite += 1
-                continue
-            stats.samples += 1
-            out.append(Sample(path, ts, value))
+                if math.isfinite(value):
+                    append(new(Sample, (path, ts, value)))
+                else:
+                    self.stats.nonfinite += 1
+        self.stats.samples += len(out) - before
 
 
 def _unpack(plan: _Plan, data: bytes | bytearray) -> dict[str, Any]:

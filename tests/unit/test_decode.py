@@ -271,7 +271,7 @@ def test_short_unknown_error_remote_and_long_frames(demo_vehicle: dbc.Vehicle) -
     assert any(s.path.endswith("StateOfCharge.Current") and s.value == 100.0 for s in padded)
     stats = decoder.stats
     assert (stats.short, stats.unknown_id, stats.error_frames, stats.remote_frames) == (1, 2, 1, 1)
-    assert stats.decoded == 1 and stats.frames == 6 == stats.frame_buckets()
+    assert stats.decoded == 1 and stats.frames == 6
 
 
 def test_float_nan_is_dropped_and_counted(tmp_path: Path) -> None:
@@ -310,13 +310,31 @@ _KNOWN = [
 
 
 @cache
-def _demo_decoders() -> dict[str, Decoder]:
+def _demo() -> tuple[dbc.Vehicle, dict[str, Decoder]]:
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="va-prop-"))
     path = folder / "demo.yaml"
     path.write_text(demo_text("prop"))
-    return build_decoders(dbc.load_vehicle(config.load(path)))
+    vehicle = dbc.load_vehicle(config.load(path))
+    return vehicle, build_decoders(vehicle)
+
+
+def _bucket(vehicle: dbc.Vehicle, bus: str, frame: Frame) -> str:
+    """Where a frame must be counted, worked out from the mapping, not from the decoder."""
+    if frame.is_error_frame:
+        return "error_frames"
+    if frame.is_remote_frame:
+        return "remote_frames"
+    lengths = {
+        dbc.frame_key(m.message.frame_id, m.message.is_extended_frame): m.message.length
+        for m in vehicle.mapped
+        if m.bus == bus
+    }
+    length = lengths.get(dbc.frame_key(frame.arbitration_id, frame.is_extended_id))
+    if length is None:
+        return "unknown_id"
+    return "short" if len(frame.data) < length else "decoded"
 
 
 _frames = st.builds(
@@ -335,18 +353,23 @@ _frames = st.builds(
 @given(frames=st.lists(_frames, max_size=20))
 def test_arbitrary_frames_never_raise_and_counters_add_up(frames: list[Frame]) -> None:
     """Any id, any length 0-64, any flags: no exception, and every frame counted once."""
-    for decoder in _demo_decoders().values():
-        before = decoder.stats.frames, decoder.stats.frame_buckets(), decoder.stats.samples
+    vehicle, decoders = _demo()
+    for bus, decoder in decoders.items():
+        before = decoder.stats.as_dict()
+        expected = dict.fromkeys(before, 0)
         emitted = 0
         for frame in frames:
+            expected[_bucket(vehicle, bus, frame)] += 1
             samples = decoder.decode(frame)
             emitted += len(samples)
             for sample in samples:
                 assert isinstance(sample.value, bool | int | float | str)
                 if isinstance(sample.value, float):
                     assert math.isfinite(sample.value)
-        stats = decoder.stats
-        assert stats.frames - before[0] == len(frames)
-        assert stats.frame_buckets() - before[1] == len(frames)
-        assert stats.samples - before[2] == emitted
-        assert stats.frames == stats.frame_buckets()
+        after = decoder.stats.as_dict()
+        delta = {key: after[key] - before[key] for key in after}
+        assert delta["frames"] == len(frames)
+        assert delta["failed"] == 0
+        for bucket in ("decoded", "unknown_id", "short", "error_frames", "remote_frames"):
+            assert delta[bucket] == expected[bucket], bucket
+        assert delta["samples"] == emitted

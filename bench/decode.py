@@ -1,0 +1,126 @@
+"""Benchmark: the agent's decode path against a plain cantools `decode_message` loop.
+
+Both decode the same frames: 120 simulated seconds of the reference vehicle driving,
+repeated to about 200,000 frames. The baseline is what a straightforward agent does: look the
+message up, decode every signal with choices, then keep the mapped ones. The agent decodes
+only mapped signals with a plan per frame id and applies the configured transforms.
+
+    .venv/bin/python bench/decode.py            # prints a Markdown table row per path
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import can
+import cantools
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent import config, dbc  # noqa: E402
+from agent.config import Transform  # noqa: E402
+from agent.decode import build_decoders  # noqa: E402
+from agent.model import Sample  # noqa: E402
+from agent.sim.runner import record  # noqa: E402
+from agent.sim.scenario import load_scenario  # noqa: E402
+
+
+def _apply(transform: object, value: object) -> object:
+    """The configured transform on a cantools value (NamedSignalValue for choices)."""
+    if not isinstance(transform, Transform):
+        return str(value) if hasattr(value, "name") else value
+    if transform.linear is not None:
+        return value * transform.linear.scale + transform.linear.offset  # type: ignore[operator]
+    table = transform.map or {}
+    key = value.name if hasattr(value, "name") else value
+    found = table.get(key)
+    if found is None and hasattr(value, "value"):
+        found = table.get(value.value)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5, help="best of N runs")
+    args = parser.parse_args()
+
+    vehicle = dbc.load_vehicle(config.load(ROOT / "config" / "demo.yaml"))
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "drive.log"
+        record(vehicle, load_scenario("driving"), log, duration_s=120, start_ts=1.7e9)
+        base = list(can.LogReader(str(log)))
+    frames = (base * (args.frames // len(base) + 1))[: args.frames]
+
+    decoders = build_decoders(vehicle)
+    channel_bus = {b.settings.channel: name for name, b in vehicle.buses.items()}
+    routed = [(decoders[channel_bus[str(m.channel)]], m) for m in frames]
+
+    dbs = {name: cantools.database.load_file(str(b.settings.dbc[0]))
+           for name, b in vehicle.buses.items()}
+    # The baseline's mapping: DBC signal name -> (path, transform) per bus, applied after a
+    # full decode_message with choices, producing the same samples as the agent.
+    wanted: dict[str, dict[str, list[tuple[str, object]]]] = {name: {} for name in dbs}
+    for m in vehicle.mapped:
+        wanted[m.bus].setdefault(m.signal.name, []).append((m.path, m.settings.transform))
+    plain = [(dbs[channel_bus[str(m.channel)]], wanted[channel_bus[str(m.channel)]], m)
+             for m in frames]
+
+    def agent_path() -> int:
+        out: list[object] = []
+        for decoder, msg in routed:
+            decoder.decode_into(msg, out)
+        return len(out)
+
+    def cantools_decode_only() -> int:
+        count = 0
+        for db, mapping, msg in plain:
+            values = db.decode_message(msg.arbitration_id, msg.data)
+            count += sum(1 for name in values if name in mapping)
+        return count
+
+    def cantools_path() -> int:
+        out: list[Sample] = []
+        for db, mapping, msg in plain:
+            values = db.decode_message(msg.arbitration_id, msg.data)
+            for name, value in values.items():
+                for path, transform in mapping.get(name, ()):
+                    result = _apply(transform, value)
+                    if result is not None:
+                        out.append(Sample(path, msg.timestamp, result))
+        return len(out)
+
+    results = {}
+    paths = (
+        ("cantools decode_message, no output (lower bound)", cantools_decode_only),
+        ("cantools decode_message loop + samples", cantools_path),
+        ("agent decode plan + samples", agent_path),
+    )
+    for name, func in paths:
+        best = float("inf")
+        samples = 0
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            samples = func()
+            best = min(best, time.perf_counter() - started)
+        results[name] = (best, samples)
+
+    base_time = results["cantools decode_message loop + samples"][0]
+    print(f"Python {platform.python_version()}, cantools {cantools.__version__}, "
+          f"{platform.machine()}, {len(frames):,} frames, best of {args.repeat}")
+    print()
+    print("| path | frames/s | µs/frame | samples | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (seconds, samples) in results.items():
+        print(f"| {name} | {len(frames) / seconds:,.0f} | {seconds / len(frames) * 1e6:.2f} "
+              f"| {samples:,} | {base_time / seconds:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
