@@ -62,15 +62,18 @@ def main() -> None:
     channel_bus = {b.settings.channel: name for name, b in vehicle.buses.items()}
     routed = [(decoders[channel_bus[str(m.channel)]], m) for m in frames]
 
-    dbs = {name: cantools.database.load_file(str(b.settings.dbc[0]))
-           for name, b in vehicle.buses.items()}
+    dbs = {
+        name: cantools.database.load_file(str(b.settings.dbc[0]))
+        for name, b in vehicle.buses.items()
+    }
     # The baseline's mapping: DBC signal name -> (path, transform) per bus, applied after a
     # full decode_message with choices, producing the same samples as the agent.
     wanted: dict[str, dict[str, list[tuple[str, object]]]] = {name: {} for name in dbs}
     for m in vehicle.mapped:
         wanted[m.bus].setdefault(m.signal.name, []).append((m.path, m.settings.transform))
-    plain = [(dbs[channel_bus[str(m.channel)]], wanted[channel_bus[str(m.channel)]], m)
-             for m in frames]
+    plain = [
+        (dbs[channel_bus[str(m.channel)]], wanted[channel_bus[str(m.channel)]], m) for m in frames
+    ]
 
     def agent_path() -> int:
         out: list[object] = []
@@ -112,14 +115,18 @@ def main() -> None:
         results[name] = (best, samples)
 
     base_time = results["cantools decode_message loop + samples"][0]
-    print(f"Python {platform.python_version()}, cantools {cantools.__version__}, "
-          f"{platform.machine()}, {len(frames):,} frames, best of {args.repeat}")
+    print(
+        f"Python {platform.python_version()}, cantools {cantools.__version__}, "
+        f"{platform.machine()}, {len(frames):,} frames, best of {args.repeat}"
+    )
     print()
     print("| path | frames/s | µs/frame | samples | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, (seconds, samples) in results.items():
-        print(f"| {name} | {len(frames) / seconds:,.0f} | {seconds / len(frames) * 1e6:.2f} "
-              f"| {samples:,} | {base_time / seconds:.1f}x |")
+        print(
+            f"| {name} | {len(frames) / seconds:,.0f} | {seconds / len(frames) * 1e6:.2f} "
+            f"| {samples:,} | {base_time / seconds:.1f}x |"
+        )
 
 
 if __name__ == "__main__":
