@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cantools.database.can import Message, Signal
+from cantools.database.errors import DecodeError
 from cantools.database.utils import create_encode_decode_formats
 
 from agent.dbc import MappedSignal, Vehicle, choices_of, frame_key
@@ -197,7 +198,12 @@ class Decoder:
         raw: Any
         try:
             if plan.fallback is not None:
-                raw = plan.fallback.decode(bytes(data), decode_choices=False, scaling=False)
+                try:
+                    raw = plan.fallback.decode(bytes(data), decode_choices=False, scaling=False)
+                except DecodeError:
+                    # The length is already checked, so this is a selector value with no
+                    # branch in the DBC: the frame is fine, it just carries nothing mapped.
+                    raw = {}
             else:
                 raw = _unpack(plan, data)
                 if plan.branches is not None:

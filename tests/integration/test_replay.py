@@ -137,6 +137,13 @@ def test_every_frame_replay_matches_cantools(recording: tuple[Path, Path], tmp_p
     assert ("Vehicle.LowVoltageSystemState", '"OFF"') in values
     assert ("Vehicle.Powertrain.Transmission.SelectedGear", "127") in values
     assert max(v for _, p, v in got if p == "Vehicle.Speed") > 40
+    # The scenario's leak: 3 bar/h on the rear right tyre is 7.5 kPa over 90 s (2 kPa steps).
+    rear_right = [
+        v for _, p, v in got if p == "Vehicle.Chassis.Axle.Row2.Wheel.Right.Tire.Pressure"
+    ]
+    assert rear_right[0] - rear_right[-1] == pytest.approx(7.5, abs=2)
+    front_left = [v for _, p, v in got if p == "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure"]
+    assert set(front_left) == {250.0}
     assert f"replay: {frames} frames" in result.stderr
     assert f"decoded {frames}," in result.stderr and "failed 0" in result.stderr
 
@@ -225,6 +232,28 @@ def test_replay_counts_garbage_lines_in_a_candump_log(
     assert "unknown ids 1," in result.stderr
     assert "short 1," in result.stderr
     assert "error frames 1," in result.stderr
+
+
+def test_bad_scenario_file_is_a_config_error(recording: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, _ = recording
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text("mode: flying\ninitial: {soc: 50, warp: 9}\n")
+    result = _agent(
+        "simulate",
+        "-c",
+        str(cfg),
+        "--scenario",
+        str(scenario),
+        "--duration",
+        "1",
+        "--record",
+        str(tmp_path / "x.log"),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"{scenario}:1: mode:") for line in lines), lines
+    assert any("unknown state field(s) ['warp']" in line for line in lines), lines
 
 
 def test_help_for_every_verb() -> None:

@@ -373,3 +373,35 @@ def test_arbitrary_frames_never_raise_and_counters_add_up(frames: list[Frame]) -
         for bucket in ("decoded", "unknown_id", "short", "error_frames", "remote_frames"):
             assert delta[bucket] == expected[bucket], bucket
         assert delta["samples"] == emitted
+
+
+def test_nested_multiplexing_falls_back_to_cantools(tmp_path: Path) -> None:
+    """Extended multiplexing (a selector that is itself multiplexed) decodes correctly."""
+    dbc_file = tmp_path / "nested.dbc"
+    dbc_file.write_text(
+        'VERSION ""\n\nNS_ :\n\nBS_:\n\nBU_: X\n\n'
+        "BO_ 5 Nested: 8 X\n"
+        ' SG_ Outer M : 0|4@1+ (1,0) [0|15] "" X\n'
+        ' SG_ Inner m1M : 4|4@1+ (1,0) [0|15] "" X\n'
+        ' SG_ Deep m2 : 8|8@1+ (0.5,0) [0|127] "" X\n'
+        ' SG_ Other m3 : 8|8@1+ (1,0) [0|255] "" X\n\n'
+        "SG_MUL_VAL_ 5 Inner Outer 1-1;\n"
+        "SG_MUL_VAL_ 5 Deep Inner 2-2;\n"
+        "SG_MUL_VAL_ 5 Other Inner 3-3;\n"
+    )
+    cfg = tmp_path / "n.yaml"
+    cfg.write_text(
+        f"vehicle_id: N\ncan:\n  buses:\n    - {{name: b, interface: virtual, channel: n, "
+        f"dbc: [{dbc_file}]}}\nsignals:\n  - {{path: Test.Deep, source: Deep}}\n"
+        "  - {path: Test.Other, source: Other}\n"
+    )
+    vehicle = dbc.load_vehicle(config.load(cfg))
+    decoder = Decoder("b", vehicle.mapped)
+    message = vehicle.buses["b"].by_name["Nested"]
+    deep = message.encode({"Outer": 1, "Inner": 2, "Deep": 21.5}, strict=False)
+    other = message.encode({"Outer": 1, "Inner": 3, "Other": 200}, strict=False)
+    neither = bytes([0x02, 0x00, 0xFF]) + bytes(5)  # Outer = 2: Inner not selected
+    assert [(s.path, s.value) for s in decoder.decode(Frame(5, deep))] == [("Test.Deep", 21.5)]
+    assert [(s.path, s.value) for s in decoder.decode(Frame(5, other))] == [("Test.Other", 200)]
+    assert decoder.decode(Frame(5, neither)) == []
+    assert decoder.stats.decoded == 3
