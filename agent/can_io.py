@@ -1,13 +1,28 @@
-"""python-can buses from settings: the one place that knows how a configured bus is opened."""
+"""python-can buses: opening a configured bus, and receiving its frames on the event loop.
+
+Buses with a file descriptor (SocketCAN) are read by the event loop itself (`add_reader`);
+buses without one (python-can's `virtual`) go through python-can's Notifier, whose single
+reader thread hands frames to the loop. Either way there is no task and no thread per frame.
+A bus that fails (interface down, bus error) is closed and reopened with capped backoff.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
 
 import can
+import structlog
 
 from agent.config import BusSettings
 from agent.errors import AgentError
+
+log = structlog.get_logger("agent.can")
 
 
 def open_bus(settings: BusSettings, **extra: Any) -> can.BusABC:
@@ -24,3 +39,159 @@ def open_bus(settings: BusSettings, **extra: Any) -> can.BusABC:
         raise AgentError(
             f"cannot open bus {settings.name!r} ({settings.interface}:{settings.channel}): {exc}"
         ) from exc
+
+
+@dataclass(slots=True)
+class ReceiverStats:
+    frames: int = 0
+    errors: int = 0
+    reopens: int = 0
+    down_s: float = 0.0
+
+
+class _Listener(can.Listener):
+    def __init__(self, receiver: CanReceiver) -> None:
+        self._receiver = receiver
+
+    def on_message_received(self, msg: can.Message) -> None:
+        self._receiver.deliver(msg)
+
+    def on_error(self, exc: Exception) -> None:
+        self._receiver.failed(exc)
+
+
+class CanReceiver:
+    """Receives one configured bus on the running event loop."""
+
+    def __init__(
+        self,
+        settings: BusSettings,
+        on_frame: Callable[[can.Message], None],
+        *,
+        reopen_max_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self._on_frame = on_frame
+        self._reopen_max_s = reopen_max_s
+        self._bus: can.BusABC | None = None
+        self._notifier: can.Notifier | None = None
+        self._fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failure = asyncio.Event()
+        self._stopped = False
+        self.stats = ReceiverStats()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._start(open_bus(self.settings))
+        except AgentError as exc:
+            # Not fatal: an interface may appear later (USB adapter, vcan set up after boot).
+            log.error("can_bus_unavailable", bus=self.name, error=str(exc))
+            self.stats.errors += 1
+            self._failure.set()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self, bus: can.BusABC) -> None:
+        assert self._loop is not None
+        self._bus = bus
+        self._failure.clear()
+        fd = -1
+        try:
+            fd = bus.fileno()
+        except (NotImplementedError, AttributeError, OSError):
+            fd = -1
+        if fd >= 0:
+            self._fd = fd
+            self._loop.add_reader(fd, self._readable)
+        else:
+            self._notifier = can.Notifier(bus, [_Listener(self)], timeout=0.2, loop=self._loop)
+
+    def _readable(self) -> None:
+        bus = self._bus
+        if bus is None:
+            return
+        try:
+            # Drain what the socket holds now, bounded so one busy bus cannot starve the loop.
+            for _ in range(256):
+                msg = bus.recv(0)
+                if msg is None:
+                    break
+                self.deliver(msg)
+        except (can.CanError, OSError) as exc:
+            self.failed(exc)
+
+    def deliver(self, msg: can.Message) -> None:
+        self.stats.frames += 1
+        self._on_frame(msg)
+
+    def failed(self, exc: BaseException) -> None:
+        """The bus stopped working: stop reading it and let `run()` reopen it."""
+        self.stats.errors += 1
+        if not self._failure.is_set():
+            log.error(
+                "can_bus_failed", bus=self.name, channel=self.settings.channel, error=str(exc)
+            )
+            self._close()
+            self._failure.set()
+
+    def stop(self) -> None:
+        """Stop reading and close the bus (shutdown)."""
+        self._stopped = True
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
+        if self._notifier is not None:
+            self._notifier.stop(timeout=1.0)
+            self._notifier = None
+        if self._bus is not None:
+            try:
+                self._bus.shutdown()
+            except (can.CanError, OSError) as exc:
+                log.warning("can_bus_shutdown_failed", bus=self.name, error=str(exc))
+            self._bus = None
+
+    async def run(self) -> None:
+        """Reopen the bus with capped, jittered backoff whenever it fails."""
+        while not self._stopped:
+            await self._failure.wait()
+            down_since = time.monotonic()
+            delay = 0.2
+            while not self._stopped:
+                await asyncio.sleep(delay * random.uniform(0.75, 1.0))
+                try:
+                    bus = open_bus(self.settings)
+                except AgentError as exc:
+                    delay = min(self._reopen_max_s, delay * 2)
+                    log.warning(
+                        "can_bus_reopen_failed",
+                        bus=self.name,
+                        error=str(exc),
+                        retry_s=round(delay, 1),
+                    )
+                    continue
+                self.stats.reopens += 1
+                self.stats.down_s += time.monotonic() - down_since
+                log.info(
+                    "can_bus_reopened",
+                    bus=self.name,
+                    channel=self.settings.channel,
+                    down_s=round(time.monotonic() - down_since, 2),
+                )
+                self._start(bus)
+                break

@@ -61,6 +61,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import logs, supervisor
+
+    vehicle = _load_vehicle(args.config)
+    settings = vehicle.loaded.settings
+    logs.configure(settings.logging.level, settings.logging.format)
+    return supervisor.run(vehicle)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.sim.runner import LiveSimulator, SimulatedCar, record
@@ -138,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=text, description=text)
         sub.set_defaults(func=func)
         return sub
+
+    sub = verb(
+        "run",
+        cmd_run,
+        "The daemon: read the buses, publish telemetry over MQTT, take commands. "
+        "SIGTERM/SIGINT flush and exit 0.",
+    )
+    sub.add_argument("-c", "--config", required=True, metavar="FILE")
 
     sub = verb(
         "check-config",

@@ -50,7 +50,14 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+def _readable_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+ExistingFile = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_readable_file)]
 
 
 def _one_or_many(value: Any) -> Any:
@@ -138,12 +145,13 @@ class TelemetrySettings(_Model):
     batch_interval_ms: Annotated[int, Field(ge=10, le=600_000)] = 1000
     batch_max_samples: Annotated[int, Field(ge=1, le=100_000)] = 500
     state_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10
+    health_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60
 
 
 class TlsSettings(_Model):
-    ca: ConfigPath | None = None
-    cert: ConfigPath | None = None
-    key: ConfigPath | None = None
+    ca: ExistingFile | None = None
+    cert: ExistingFile | None = None
+    key: ExistingFile | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> TlsSettings:
@@ -158,8 +166,17 @@ class MqttSettings(_Model):
     topic_prefix: Annotated[str, Field(min_length=1)] = "vehicles/{vehicle_id}"
     tls: TlsSettings | None = None
     username: str | None = None
-    password_file: ConfigPath | None = None
+    password_file: ExistingFile | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    protocol: Literal["5", "3.1.1"] = "5"
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        # `protocol: 5` in YAML is a number; accept it as the version it names.
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -236,6 +253,7 @@ class SimulatorSettings(_Model):
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] | None = None
+    stats_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60
 
 
 class Settings(_Model):

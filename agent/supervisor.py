@@ -1,0 +1,214 @@
+"""The daemon's lifecycle: build the components, run them in one TaskGroup, stop cleanly.
+
+Start order: outbox, decode pipeline, uplink, CAN receivers, then (optionally) the simulator.
+Stop (first SIGTERM/SIGINT): stop reading the buses, flush the batch into the outbox, let the
+uplink publish what it can for a few seconds, publish `online: false`, disconnect, exit 0 —
+all within 5 s. A second signal exits at once (code 1); nothing stored is lost by that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from contextlib import AsyncExitStack
+from typing import Any
+
+import jwt
+import structlog
+
+from agent.can_io import CanReceiver, open_bus
+from agent.dbc import Vehicle
+from agent.decode import build_decoders
+from agent.errors import AgentError
+from agent.health import CommandCounters, Health
+from agent.outbox import Outbox
+from agent.pipeline import Pipeline
+from agent.signals import Sampler, policies_of
+from agent.uplink import MAX_REQUEST_BYTES, Uplink
+
+log = structlog.get_logger("agent")
+
+STOP_BUDGET_S = 5.0
+DRAIN_S = 3.0
+
+
+class _Shutdown(Exception):
+    """Raised inside the TaskGroup once the orderly stop is done, to end the other tasks."""
+
+
+def response_payload(
+    command_id: str | None, status: str, reason: str | None = None, detail: str | None = None
+) -> bytes:
+    body: dict[str, Any] = {"id": command_id, "status": status, "ts": round(time.time(), 3)}
+    if reason is not None:
+        body["reason"] = reason
+    if detail is not None:
+        body["detail"] = detail
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _unverified_id(token: bytes) -> str | None:
+    """The `jti` of a token, read without verifying it: only to correlate the answer."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, UnicodeDecodeError, ValueError):
+        return None
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    return jti if isinstance(jti, str) and len(jti) <= 128 else None
+
+
+class Agent:
+    """The running daemon."""
+
+    def __init__(self, vehicle: Vehicle) -> None:
+        self.vehicle = vehicle
+        self.settings = vehicle.loaded.settings
+        self.boot_id = str(uuid.uuid4())
+        self.stop_requested = asyncio.Event()
+        self.uplink: Uplink | None = None
+        self.commands = CommandCounters()
+        self._signals = 0
+
+    # --- commands (the signed-command handler replaces this with its own) ---------------
+    def _on_request(self, payload: bytes, properties: Any) -> None:
+        if len(payload) > MAX_REQUEST_BYTES:
+            command_id, reason = None, "MALFORMED"
+            detail = f"request of {len(payload)} bytes is over {MAX_REQUEST_BYTES}"
+        else:
+            command_id, reason = _unverified_id(payload), "UNKNOWN_COMMAND"
+            detail = "this agent does not execute commands yet"
+        self.commands.count("rejected")
+        self._outbox.append(
+            "response",
+            "commands/response",
+            lambda _seq: response_payload(command_id, "rejected", reason, detail),
+        )
+        assert self.uplink is not None
+        self.uplink.notify()
+
+    def _state(self) -> dict[str, Any] | None:
+        latest = self._sampler.latest
+        if not latest:
+            return None
+        return {"ts": round(time.time(), 3), "values": {p: s.value for p, s in latest.items()}}
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop_requested.set()
+        else:
+            log.warning("stopping_now", signal=signal.Signals(signum).name)
+            os._exit(1)
+
+    async def run(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        async with AsyncExitStack() as stack:
+            self._outbox = stack.enter_context(
+                Outbox(settings.storage.path, sync=settings.storage.sync)
+            )
+            decoders = build_decoders(self.vehicle)
+            self._sampler = Sampler(policies_of(settings.signals))
+            pipeline = Pipeline(
+                vehicle_id=settings.vehicle_id,
+                decoders=decoders,
+                sampler=self._sampler,
+                outbox=self._outbox,
+                settings=settings.telemetry,
+                on_stored=lambda: self.uplink.notify() if self.uplink else None,
+            )
+            receivers = [
+                CanReceiver(bus.settings, pipeline.receiver_for(name))
+                for name, bus in self.vehicle.buses.items()
+            ]
+            health = Health(
+                boot_id=self.boot_id,
+                decoders=decoders,
+                receivers=receivers,
+                pipeline=pipeline,
+                outbox=self._outbox,
+                uplink=lambda: self.uplink,
+                commands=self.commands,
+            )
+            self.uplink = Uplink(
+                settings=settings,
+                outbox=self._outbox,
+                boot_id=self.boot_id,
+                state=self._state,
+                health=health.snapshot,
+                on_request=self._on_request,
+            )
+            for receiver in receivers:
+                await stack.enter_async_context(receiver)
+            simulator = self._simulator(stack)
+            log.info(
+                "started",
+                vehicle_id=settings.vehicle_id,
+                boot_id=self.boot_id,
+                buses={r.name: r.settings.channel for r in receivers},
+                signals=len(self.vehicle.mapped),
+                outbox=str(settings.storage.path),
+                pending=self._outbox.depth(),
+                broker=f"{settings.mqtt.host}:{settings.mqtt.port}",
+                simulator=simulator is not None,
+            )
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.uplink.run())
+                    tg.create_task(pipeline.run())
+                    tg.create_task(health.log_stats(settings.logging.stats_interval_s))
+                    for receiver in receivers:
+                        tg.create_task(receiver.run())
+                    if simulator is not None:
+                        tg.create_task(simulator.run())
+                    tg.create_task(self._stop_when_asked(receivers, pipeline))
+            except* _Shutdown:
+                pass
+        log.info("stopped", published=self.uplink.stats.published)
+
+    def _simulator(self, stack: AsyncExitStack) -> Any:
+        sim_settings = self.settings.simulator
+        if not sim_settings.enabled:
+            return None
+        from agent.sim.runner import LiveSimulator, SimulatedCar
+        from agent.sim.scenario import load_scenario
+
+        scenario = load_scenario(sim_settings.scenario, self.vehicle.loaded.base_dir)
+        buses = {}
+        for name, bus in self.vehicle.buses.items():
+            opened = open_bus(bus.settings)
+            stack.callback(opened.shutdown)
+            buses[name] = opened
+        car = SimulatedCar(self.vehicle, scenario, seed=sim_settings.seed)
+        return LiveSimulator(car, buses, speedup=sim_settings.speedup)
+
+    async def _stop_when_asked(self, receivers: list[CanReceiver], pipeline: Pipeline) -> None:
+        await self.stop_requested.wait()
+        started = time.monotonic()
+        for receiver in receivers:
+            receiver.stop()
+        pipeline.stop_accepting()
+        pipeline.flush()
+        assert self.uplink is not None
+        await self.uplink.stop(drain_s=DRAIN_S)
+        log.info(
+            "stop_done", seconds=round(time.monotonic() - started, 2), outbox=self._outbox.depth()
+        )
+        raise _Shutdown
+
+
+def run(vehicle: Vehicle) -> int:
+    try:
+        asyncio.run(Agent(vehicle).run())
+    except AgentError:
+        raise
+    return 0

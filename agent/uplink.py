@@ -1,0 +1,377 @@
+"""The MQTT side, and the only module that imports aiomqtt: connect with a retained birth
+message and last will, publish the outbox in order with a bounded window in flight, publish
+retained state and health, take command requests, reconnect with capped jittered backoff.
+
+Delivery: a record leaves the outbox only after the broker's PUBACK for it. A PUBACK that
+carries a failure reason code (MQTT 5, e.g. an ACL refusal) keeps the records and backs off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent import __version__
+from agent.config import Settings
+from agent.outbox import Outbox
+
+log = structlog.get_logger("agent.uplink")
+
+# CONNACK refusals that retrying soon will not fix: credentials and authorisation.
+_AUTH_CODES_V311 = {4, 5}
+_AUTH_CODES_V5 = {0x86, 0x87, 0x8A, 0x8C}  # bad credentials, not authorised, banned, bad auth
+MAX_REQUEST_BYTES = 16 * 1024
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    connected: bool = False
+    connects: int = 0
+    connect_failures: int = 0
+    published: int = 0
+    publish_refused: int = 0
+    publish_failures: int = 0
+    state_published: int = 0
+    health_published: int = 0
+    requests: int = 0
+    requests_oversized: int = 0
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, also noting PUBACKs whose reason code is a failure (MQTT 5)."""
+
+    refused: int = 0
+    last_refusal: str = ""
+
+    def _on_publish(
+        self,
+        client: Any,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self.refused += 1
+            self.last_refusal = str(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter (each delay drawn from [d/2, d])."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+        self.attempts = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * (2**self.attempts))
+        self.attempts += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+RequestHandler = Callable[[bytes, Any], None]
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+class Uplink:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        outbox: Outbox,
+        boot_id: str,
+        state: Callable[[], dict[str, Any] | None],
+        health: Callable[[], dict[str, Any]],
+        on_request: RequestHandler,
+        window: int = 64,
+        auth_retry_s: float = 60.0,
+    ) -> None:
+        self._settings = settings
+        self._mqtt = settings.mqtt
+        self._outbox = outbox
+        self._boot_id = boot_id
+        self._state = state
+        self._health = health
+        self._on_request = on_request
+        self._window = window
+        self._auth_retry_s = auth_retry_s
+        self.prefix = settings.topic_prefix
+        self._wake = asyncio.Event()
+        self._state_now = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stop_deadline = 0.0
+        self._done = asyncio.Event()
+        self.stats = UplinkStats()
+        self.v5 = self._mqtt.protocol == "5"
+
+    # --- what other components call -------------------------------------------------
+    def notify(self) -> None:
+        """New records are in the outbox."""
+        self._wake.set()
+
+    def request_state(self) -> None:
+        """Publish the retained state now (e.g. `state.snapshot`)."""
+        self._state_now.set()
+
+    async def stop(self, drain_s: float) -> None:
+        """Publish what the outbox holds for up to `drain_s`, say goodbye, disconnect."""
+        self._stop_deadline = time.monotonic() + drain_s
+        self._stopping.set()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_s + 1.5):
+                await self._done.wait()
+
+    # --- the connection ----------------------------------------------------------------
+    def topic(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix}"
+
+    def _status(self, online: bool) -> bytes:
+        body = {
+            "online": online,
+            "agent_version": __version__,
+            "boot_id": self._boot_id,
+            "ts": round(time.time(), 3),
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        tls = self._mqtt.tls
+        if tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+        if tls.cert is not None and tls.key is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+        return context
+
+    def _password(self) -> str | None:
+        path = self._mqtt.password_file
+        if path is None:
+            return None
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+    def _client(self) -> _Client:
+        m = self._mqtt
+        will = aiomqtt.Will(self.topic("status"), self._status(False), qos=1, retain=True)
+        kwargs: dict[str, Any] = {}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600  # queued command requests survive a tunnel
+            kwargs.update(protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
+        else:
+            kwargs.update(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False)
+        return _Client(
+            m.host,
+            m.port,
+            identifier=self._settings.vehicle_id,
+            username=m.username,
+            password=self._password(),
+            will=will,
+            keepalive=m.keepalive_s,
+            tls_context=self._tls_context(),
+            timeout=10.0,
+            max_inflight_messages=self._window,
+            **kwargs,
+        )
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    client = self._client()
+                    async with client:
+                        self.stats.connected = True
+                        self.stats.connects += 1
+                        backoff.reset()
+                        log.info(
+                            "mqtt_connected",
+                            host=self._mqtt.host,
+                            port=self._mqtt.port,
+                            reconnects=self.stats.reconnects,
+                        )
+                        await self._session(client)
+                        return
+                except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
+                    self.stats.connected = False
+                    delay = self._failed(_first_leaf(group), backoff)
+                if self._stopping.is_set():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
+        finally:
+            self.stats.connected = False
+            self._done.set()
+
+    def _failed(self, exc: BaseException, backoff: Backoff) -> float:
+        """Log one clear line for a lost or refused connection; the delay before retrying."""
+        self.stats.connect_failures += 1
+        text = str(exc)
+        rc = getattr(exc, "rc", None)
+        code = getattr(rc, "value", rc)
+        auth = isinstance(exc, MqttConnectError) and code in (
+            _AUTH_CODES_V5 if self.v5 else _AUTH_CODES_V311
+        )
+        if auth:
+            delay = random.uniform(0.8, 1.0) * self._auth_retry_s
+            log.error(
+                "mqtt_auth_refused",
+                error=text,
+                retry_s=round(delay, 1),
+                hint="check mqtt.username, mqtt.password_file and the broker's users",
+            )
+            return delay
+        delay = backoff.next()
+        if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc, ssl.SSLError):
+            log.error(
+                "mqtt_tls_failed",
+                error=text,
+                retry_s=round(delay, 1),
+                hint="check mqtt.tls (ca for the broker, cert/key for mutual TLS)",
+            )
+        else:
+            log.warning(
+                "mqtt_disconnected",
+                error=text or type(exc).__name__,
+                retry_s=round(delay, 1),
+                attempt=backoff.attempts,
+            )
+        return delay
+
+    async def _session(self, client: _Client) -> None:
+        await client.publish(self.topic("status"), self._status(True), qos=1, retain=True)
+        await self._subscribe(client)
+        self._state_now.set()  # a fresh connection gets the current state at once
+        async with asyncio.TaskGroup() as tg:
+            receiver = tg.create_task(self._receive(client))
+            state = tg.create_task(self._state_loop(client))
+            health = tg.create_task(self._health_loop(client))
+            await self._drain(client)  # returns once stopping and drained (or out of time)
+            for task in (receiver, state, health):
+                task.cancel()
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                self.topic("status"), self._status(False), qos=1, retain=True, timeout=1.0
+            )
+        log.info("mqtt_goodbye", published=self.stats.published, outbox=self._outbox.depth())
+
+    async def _subscribe(self, client: _Client) -> None:
+        topic = self.topic("commands/request")
+        result = await client.subscribe(topic, qos=1)
+        failed = [
+            str(code)
+            for code in result
+            if (code >= 0x80 if isinstance(code, int) else getattr(code, "is_failure", False))
+        ]
+        if failed:
+            log.error(
+                "mqtt_subscribe_refused",
+                topic=topic,
+                reason=", ".join(failed),
+                hint="the broker's ACL does not let this vehicle read its command topic",
+            )
+
+    async def _drain(self, client: _Client) -> None:
+        while True:
+            if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
+                return
+            records = self._outbox.pending(self._window)
+            if not records:
+                if self._stopping.is_set():
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
+                continue
+            refused_before = client.refused
+            timeout = (
+                max(0.5, self._stop_deadline - time.monotonic())
+                if (self._stopping.is_set())
+                else 30.0
+            )
+            async with asyncio.TaskGroup() as tg:
+                for record in records:
+                    tg.create_task(
+                        client.publish(
+                            self.topic(record.topic), record.payload, qos=1, timeout=timeout
+                        )
+                    )
+            if client.refused != refused_before:
+                self.stats.publish_refused += client.refused - refused_before
+                log.error(
+                    "mqtt_publish_refused",
+                    reason=client.last_refusal,
+                    records=len(records),
+                    kept=True,
+                    hint="the broker's ACL does not let this vehicle publish its topics",
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._auth_retry_s / 4):
+                        await self._stopping.wait()
+                continue
+            self._outbox.ack(r.id for r in records)
+            self.stats.published += len(records)
+
+    async def _receive(self, client: _Client) -> None:
+        request_topic = self.topic("commands/request")
+        async for message in client.messages:
+            if not message.topic.matches(request_topic):
+                continue
+            self.stats.requests += 1
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = str(payload).encode() if payload is not None else b""
+            if len(payload) > MAX_REQUEST_BYTES:
+                self.stats.requests_oversized += 1
+            self._on_request(bytes(payload), message.properties)
+
+    async def _state_loop(self, client: _Client) -> None:
+        interval = self._settings.telemetry.state_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._state_now.wait()
+            self._state_now.clear()
+            body = self._state()
+            if body is None:
+                continue
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            await client.publish(self.topic("state"), payload, qos=1, retain=True)
+            self.stats.state_published += 1
+
+    async def _health_loop(self, client: _Client) -> None:
+        interval = self._settings.telemetry.health_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            payload = json.dumps(self._health(), separators=(",", ":")).encode()
+            await client.publish(self.topic("health"), payload, qos=0)
+            self.stats.health_published += 1

@@ -1,0 +1,75 @@
+"""Fixtures for tests against a real broker and the daemon as a subprocess."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import demo_text
+from tests.integration.brokers import Broker, Daemon
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    brokers: list[Broker] = []
+
+    def make(extra: str = "", *, start: bool = True) -> Broker:
+        broker = Broker(tmp_path, extra)
+        brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Broker]) -> Broker:
+    return broker_factory()
+
+
+def daemon_config(
+    port: int,
+    folder: Path,
+    *,
+    scenario: str = "parked",
+    extra: str = "",
+    mqtt_extra: str = "",
+    telemetry: str = "  batch_interval_ms: 200\n  state_interval_s: 2\n  health_interval_s: 1\n",
+    vehicle_id: str | None = None,
+) -> str:
+    """The demo configuration pointed at a test broker, with fast timings and its own state."""
+    tag = uuid.uuid4().hex[:8]
+    text = demo_text(tag)
+    text = text.replace("vehicle_id: DEMO-0001", f"vehicle_id: {vehicle_id or 'TEST-' + tag}")
+    text = text.replace("path: state/outbox.db", f"path: {folder}/state/outbox.db")
+    text = text.replace("  format: console", "  format: json\n  stats_interval_s: 2")
+    text = text.replace("  scenario: parked", f"  scenario: {scenario}")
+    start = text.index("telemetry:\n")
+    end = text.index("storage:\n")
+    text = text[:start] + "telemetry:\n" + telemetry + text[end:]
+    text += f"mqtt:\n  host: 127.0.0.1\n  port: {port}\n{mqtt_extra}" + extra
+    return text
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(port: int, **kwargs: object) -> Daemon:
+        folder = tmp_path / f"d{len(daemons)}"
+        folder.mkdir()
+        config = folder / "agent.yaml"
+        config.write_text(daemon_config(port, folder, **kwargs))  # type: ignore[arg-type]
+        daemon = Daemon(config, folder / "agent.log")
+        daemons.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in daemons:
+        daemon.stop()

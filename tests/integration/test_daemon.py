@@ -1,0 +1,206 @@
+"""The daemon against a real mosquitto: telemetry, seq, status, restarts, SIGTERM, kill -9."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.brokers import Broker, Daemon, Subscriber, retained, running, wait_until
+
+SCENARIO = """\
+mode: parked
+initial:
+  soc: 55.5
+  cabin_temp: 23.4
+  exterior_temp: 23.4
+  target_temp: 19.5
+  charge_limit: 85
+  tyres_bar: [2.3, 2.4, 2.5, 2.6]
+  distance_to_service: 3210
+  lv_voltage: 12.4
+"""
+
+
+def _values(sub: Subscriber) -> dict[str, object]:
+    """Every path's latest value across the telemetry received so far."""
+    values: dict[str, object] = {}
+    for message in sub.on("telemetry"):
+        for sample in message.json()["samples"]:
+            values[sample["path"]] = sample["value"]
+    return values
+
+
+def _seqs(sub: Subscriber) -> list[int]:
+    return [m.json()["seq"] for m in sub.on("telemetry")]
+
+
+def test_telemetry_matches_the_simulator_state(
+    broker: Broker, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """With the simulator in-process, the published values are the scenario's state."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    sub = Subscriber(broker.port)
+    daemon = make_daemon(broker.port, scenario=str(scenario))
+    with running(daemon):
+        wait_until(lambda: len(_values(sub)) >= 29, 20, "every mapped path in telemetry")
+        values = _values(sub)
+        message = sub.on("telemetry")[0].json()
+        assert message["v"] == 1 and message["vehicle_id"].startswith("TEST-")
+    sub.close()
+    soc = values["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"]
+    assert soc == pytest.approx(55.5, abs=0.15)
+    assert values["Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit"] == 85
+    assert values["Vehicle.Powertrain.TractionBattery.Charging.IsCharging"] is False
+    assert values["Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"] is False
+    assert values["Vehicle.Speed"] == 0
+    assert values["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is True
+    assert values["Vehicle.Powertrain.Transmission.SelectedGear"] == 126
+    assert values["Vehicle.LowVoltageSystemState"] == "OFF"
+    assert values["Vehicle.Cabin.HVAC.AmbientAirTemperature"] == pytest.approx(23.4, abs=0.11)
+    assert values["Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature"] == 19.5
+    assert values["Vehicle.Service.DistanceToService"] == 3210
+    assert values["Vehicle.Service.IsServiceDue"] is False
+    tyres = [
+        values[f"Vehicle.Chassis.Axle.Row{r}.Wheel.{s}.Tire.Pressure"]
+        for r, s in ((1, "Left"), (1, "Right"), (2, "Left"), (2, "Right"))
+    ]
+    assert tyres == [pytest.approx(p) for p in (230.0, 240.0, 250.0, 260.0)]
+
+
+def test_seq_rises_by_one_and_continues_after_restart(
+    broker: Broker, make_daemon: Callable[..., Daemon]
+) -> None:
+    sub = Subscriber(broker.port)
+    daemon = make_daemon(broker.port, scenario="driving")
+    with running(daemon):
+        wait_until(lambda: len(_seqs(sub)) >= 5, 20, "5 telemetry messages")
+    first_run = _seqs(sub)
+    assert daemon.wait(0) == 0
+    with running(daemon):
+        wait_until(lambda: len(_seqs(sub)) >= len(first_run) + 5, 20, "5 more after restart")
+    sub.close()
+    seqs = _seqs(sub)
+    assert seqs[0] == 1
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    assert seqs[len(first_run)] == first_run[-1] + 1
+
+
+def test_status_is_retained_and_the_will_says_offline(
+    broker: Broker, make_daemon: Callable[..., Daemon]
+) -> None:
+    """online:true while running, online:false after SIGTERM, and via the will after kill -9."""
+    daemon = make_daemon(broker.port)
+    topic = "vehicles/+/status"
+    daemon.start()
+    daemon.wait_event("mqtt_connected")
+    status = retained(broker.port, topic)
+    assert status["online"] is True
+    assert status["agent_version"] and status["boot_id"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(5) == 0
+    offline = retained(broker.port, topic)
+    assert offline["online"] is False
+    assert offline["boot_id"] == status["boot_id"]
+
+    daemon.start()
+    wait_until(lambda: retained(broker.port, topic)["online"] is True, 15, "online again")
+    second = retained(broker.port, topic)
+    assert second["boot_id"] != status["boot_id"]
+    daemon.signal(signal.SIGKILL)
+    daemon.wait(5)
+    will = wait_until(
+        lambda: (r := retained(broker.port, topic))["online"] is False and r, 10, "the last will"
+    )
+    assert will["boot_id"] == second["boot_id"]
+
+
+def test_reconnects_after_the_broker_restarts(
+    broker: Broker, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon(broker.port, scenario="driving")
+    with running(daemon):
+        daemon.wait_event("mqtt_connected", reconnects=0)
+        broker.stop()
+        daemon.wait_event("mqtt_disconnected")
+        time.sleep(1.0)
+        broker.start()
+        daemon.wait_event("mqtt_connected", reconnects=1, timeout=20)
+        sub = Subscriber(broker.port)
+        sub.wait_for("telemetry", timeout=10)
+        sub.close()
+        assert daemon.alive()
+
+
+def test_sigterm_flushes_the_last_batch_and_exits_0_within_5s(
+    broker: Broker, make_daemon: Callable[..., Daemon]
+) -> None:
+    """A long batch interval keeps samples waiting; SIGTERM must publish them."""
+    sub = Subscriber(broker.port)
+    daemon = make_daemon(
+        broker.port,
+        telemetry="  batch_interval_ms: 600000\n  batch_max_samples: 100000\n",
+    )
+    daemon.start()
+    daemon.wait_event("mqtt_connected")
+    time.sleep(1.5)  # frames decoded, samples batched, nothing published yet
+    assert sub.on("telemetry") == []
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(5) == 0
+    message = sub.wait_for("telemetry", timeout=5).json()
+    sub.close()
+    assert message["seq"] == 1
+    assert len({s["path"] for s in message["samples"]}) >= 29
+    assert daemon.wait_event("stop_done")["outbox"] == 0
+
+
+def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..., Daemon]) -> None:
+    sub = Subscriber(broker.port)
+    daemon = make_daemon(broker.port)
+    with running(daemon):
+        # The first state goes out at connect time, before every signal was seen; the periodic
+        # one (every 2 s here) carries them all.
+        state = sub.wait_for("state", lambda m: len(m.json()["values"]) == 29).json()
+        health = sub.wait_for("health").json()
+        # A second health message shows counters moving.
+        later = sub.wait_for("health", lambda m: m.json()["uptime_s"] > health["uptime_s"]).json()
+    sub.close()
+    assert state["values"]["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is True
+    assert len(state["values"]) == 29
+    assert later["buses"]["powertrain"]["received"] > health["buses"]["powertrain"]["received"]
+    assert later["buses"]["body"]["decoded"] > 0
+    assert later["mqtt"]["connected"] is True
+    assert later["outbox"]["depth"] >= 0
+    assert {"decode_errors", "samples", "dropped", "commands"} <= set(later)
+
+
+def test_command_requests_are_answered_unknown_command(
+    broker: Broker, make_daemon: Callable[..., Daemon]
+) -> None:
+    """Until the command handler lands, every request is rejected, with its id when readable."""
+    import jwt
+
+    sub = Subscriber(broker.port)
+    daemon = make_daemon(broker.port, vehicle_id="CMD-1")
+    with running(daemon):
+        daemon.wait_event("mqtt_connected")
+        token = jwt.encode({"jti": "abc-123", "cmd": "hvac.start"}, "k" * 32, algorithm="HS256")
+        import paho.mqtt.publish as publish
+
+        publish.single("vehicles/CMD-1/commands/request", token, qos=1, port=broker.port)
+        publish.single("vehicles/CMD-1/commands/request", b"x" * 20000, qos=1, port=broker.port)
+        first = sub.wait_for("commands/response").json()
+        second = sub.wait_for("commands/response", lambda m: b"MALFORMED" in m.payload).json()
+        health = sub.wait_for("health", lambda m: m.json()["commands"]).json()
+    sub.close()
+    assert (first["id"], first["status"], first["reason"]) == (
+        "abc-123",
+        "rejected",
+        "UNKNOWN_COMMAND",
+    )
+    assert (second["id"], second["reason"]) == (None, "MALFORMED")
+    assert health["commands"] == {"rejected": 2}
