@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import ssl
 import time
@@ -55,11 +56,32 @@ class UplinkStats:
         return max(0, self.connects - 1)
 
 
+class _SocketErrors(logging.Handler):
+    """Keeps paho's socket error messages, which aiomqtt does not pass on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def _paho_logger() -> tuple[logging.Logger, _SocketErrors]:
+    # A private Logger (not registered with logging.getLogger) dies with its client.
+    logger = logging.Logger("agent.uplink.paho", logging.ERROR)
+    handler = _SocketErrors()
+    logger.addHandler(handler)
+    return logger, handler
+
+
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, also noting PUBACKs whose reason code is a failure (MQTT 5)."""
+    """aiomqtt's client, also noting PUBACKs whose reason code is a failure (MQTT 5) and
+    the socket errors paho logs."""
 
     refused: int = 0
     last_refusal: str = ""
+    socket_errors: _SocketErrors | None = None
 
     def _on_publish(
         self,
@@ -73,6 +95,11 @@ class _Client(aiomqtt.Client):
             self.refused += 1
             self.last_refusal = str(reason_code)
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def lost_because(self) -> str | None:
+        """Why the socket failed, where aiomqtt only reports a timeout waiting for CONNACK
+        (a TLS 1.3 server rejects a missing client certificate after the handshake)."""
+        return self.socket_errors.last if self.socket_errors is not None else None
 
 
 class Backoff:
@@ -187,7 +214,8 @@ class Uplink:
             kwargs.update(protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
         else:
             kwargs.update(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False)
-        return _Client(
+        logger, errors = _paho_logger()
+        client = _Client(
             m.host,
             m.port,
             identifier=self._settings.vehicle_id,
@@ -198,13 +226,17 @@ class Uplink:
             tls_context=self._tls_context(),
             timeout=10.0,
             max_inflight_messages=self._window,
+            logger=logger,
             **kwargs,
         )
+        client.socket_errors = errors
+        return client
 
     async def run(self) -> None:
         backoff = Backoff()
         try:
             while not self._stopping.is_set():
+                client: _Client | None = None
                 try:
                     client = self._client()
                     async with client:
@@ -221,7 +253,8 @@ class Uplink:
                         return
                 except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
                     self.stats.connected = False
-                    delay = self._failed(_first_leaf(group), backoff)
+                    cause = client.lost_because() if client is not None else None
+                    delay = self._failed(_first_leaf(group), backoff, cause)
                 if self._stopping.is_set():
                     return
                 with contextlib.suppress(TimeoutError):
@@ -231,10 +264,12 @@ class Uplink:
             self.stats.connected = False
             self._done.set()
 
-    def _failed(self, exc: BaseException, backoff: Backoff) -> float:
+    def _failed(self, exc: BaseException, backoff: Backoff, cause: str | None = None) -> float:
         """Log one clear line for a lost or refused connection; the delay before retrying."""
         self.stats.connect_failures += 1
         text = str(exc)
+        if cause:
+            text = f"{text}: {cause}" if text else cause
         rc = getattr(exc, "rc", None)
         code = getattr(rc, "value", rc)
         auth = isinstance(exc, MqttConnectError) and code in (
@@ -250,7 +285,7 @@ class Uplink:
             )
             return delay
         delay = backoff.next()
-        if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc, ssl.SSLError):
+        if isinstance(exc, ssl.SSLError) or "SSL" in text or "CERTIFICATE_VERIFY_FAILED" in text:
             log.error(
                 "mqtt_tls_failed",
                 error=text,
@@ -334,6 +369,8 @@ class Uplink:
                     kept=True,
                     hint="the broker's ACL does not let this vehicle publish its topics",
                 )
+                if self._stopping.is_set():
+                    return  # the records stay in the outbox for the next start
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._auth_retry_s / 4):
                         await self._stopping.wait()

@@ -73,22 +73,30 @@ class Broker:
         extra = self.extra.replace("{folder}", str(self.folder))
         if "listener" not in extra:
             extra = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n" + extra
-        self.conf.write_text(f"persistence false\nlog_dest file {self.log}\nlog_type all\n{extra}")
+        # Started as root, mosquitto drops to the `mosquitto` user and could not read the
+        # test's private temporary folder (certificates, ACLs, log): keep it as it is.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(
+            f"{user}persistence false\nlog_dest file {self.log}\nlog_type all\n{extra}"
+        )
 
     def start(self) -> None:
         self.write_conf()
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(self.folder / f"mosquitto-{self.port}.stderr", "ab") as err:
+            self._proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf)], stdout=err, stderr=subprocess.STDOUT
+            )
         self.starts += 1
 
         def listening() -> bool:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
 
-        wait_until(listening, 10, f"mosquitto on port {self.port}")
+        try:
+            wait_until(listening, 10, f"mosquitto on port {self.port}")
+        except AssertionError:
+            errors = (self.folder / f"mosquitto-{self.port}.stderr").read_text(errors="replace")
+            raise AssertionError(f"mosquitto did not start:\n{errors}") from None
 
     def stop(self) -> None:
         if self._proc is not None:

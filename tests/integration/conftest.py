@@ -16,8 +16,8 @@ from tests.integration.brokers import Broker, Daemon
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     brokers: list[Broker] = []
 
-    def make(extra: str = "", *, start: bool = True) -> Broker:
-        broker = Broker(tmp_path, extra)
+    def make(extra: str = "", *, start: bool = True, port: int | None = None) -> Broker:
+        broker = Broker(tmp_path, extra, port=port)
         brokers.append(broker)
         if start:
             broker.start()
