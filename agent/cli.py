@@ -70,6 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return supervisor.run(vehicle)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(Path(args.config) if args.config else None, args.duration)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.sim.runner import LiveSimulator, SimulatedCar, record
@@ -155,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM/SIGINT flush and exit 0.",
     )
     sub.add_argument("-c", "--config", required=True, metavar="FILE")
+
+    sub = verb(
+        "demo",
+        cmd_demo,
+        "Everything on one machine: an embedded MQTT broker, the simulator on a virtual bus, "
+        "the agent, and a live console of what a back end sees.",
+    )
+    sub.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    sub.add_argument("-c", "--config", metavar="FILE", help="default: config/demo.yaml")
 
     sub = verb(
         "check-config",

@@ -29,6 +29,7 @@ from agent.health import CommandCounters, Health
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.signals import Sampler, policies_of
+from agent.sim.scenario import Scenario
 from agent.uplink import MAX_REQUEST_BYTES, Uplink
 
 log = structlog.get_logger("agent")
@@ -65,8 +66,9 @@ def _unverified_id(token: bytes) -> str | None:
 class Agent:
     """The running daemon."""
 
-    def __init__(self, vehicle: Vehicle) -> None:
+    def __init__(self, vehicle: Vehicle, *, scenario: Scenario | None = None) -> None:
         self.vehicle = vehicle
+        self._scenario = scenario  # overrides simulator.scenario (the demo's own story)
         self.settings = vehicle.loaded.settings
         self.boot_id = str(uuid.uuid4())
         self.stop_requested = asyncio.Event()
@@ -182,7 +184,9 @@ class Agent:
         from agent.sim.runner import LiveSimulator, SimulatedCar
         from agent.sim.scenario import load_scenario
 
-        scenario = load_scenario(sim_settings.scenario, self.vehicle.loaded.base_dir)
+        scenario = self._scenario or load_scenario(
+            sim_settings.scenario, self.vehicle.loaded.base_dir
+        )
         buses = {}
         for name, bus in self.vehicle.buses.items():
             opened = open_bus(bus.settings)

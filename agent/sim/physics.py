@@ -102,11 +102,13 @@ class VehicleState:
 def drive_speed(t: float) -> float:
     """A repeating 10-minute urban/extra-urban cycle with stops, km/h."""
     phase = t % 600.0
-    if phase < 20 or 290 <= phase < 310:
+    if 270 <= phase < 290 or phase >= 580:  # a red light, and the end of the cycle
         return 0.0
-    if phase < 290:
-        return 45.0 + 15.0 * math.sin(phase / 23.0)
-    return 95.0 + 10.0 * math.sin(phase / 37.0)
+    # Pull away over the first 10 s, then urban speeds; extra-urban after the stop.
+    ramp = min(1.0, phase / 10.0)
+    if phase < 270:
+        return ramp * (45.0 + 15.0 * math.sin(phase / 23.0))
+    return min(1.0, (phase - 290) / 10.0) * (95.0 + 10.0 * math.sin(phase / 37.0))
 
 
 def apply_mode(state: VehicleState, mode: str) -> None:

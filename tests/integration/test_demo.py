@@ -1,0 +1,37 @@
+"""`vehicle-agent demo --duration 20`: broker, simulator, agent and console in one process."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_demo_runs_by_itself_and_shows_live_values() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--duration", "20"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Traceback" not in out + result.stderr
+    summary = re.search(
+        r"demo: (\d+) telemetry messages, last seq (\d+), first values after "
+        r"([\d.]+) s",
+        out,
+    )
+    assert summary, out
+    messages, last_seq, first = int(summary[1]), int(summary[2]), float(summary[3])
+    assert messages >= 10 and last_seq == messages  # one run, seq from 1, none missing
+    assert first < 10.0
+    # The final table carries real values, not placeholders.
+    assert re.search(r"State of charge\s+│\s+6\d\.\d %", out), out
+    assert re.search(r"Speed\s+│\s+\d+\.\d km/h", out)
+    assert re.search(r"Tyre front left\s+│\s+250 kPa", out)
+    assert "offline" in out  # the console saw the agent say goodbye
