@@ -168,7 +168,12 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
         health = sub.wait_for("health").json()
         # A second health message shows counters moving.
         later = sub.wait_for("health", lambda m: m.json()["uptime_s"] > health["uptime_s"]).json()
+        stats = daemon.wait_event("stats")  # every 2 s in this config, never per frame
     sub.close()
+    assert set(stats["frames_per_s"]) == {"powertrain", "body"}
+    assert stats["frames_per_s"]["powertrain"] > 0 and stats["connected"] is True
+    lines = daemon.log.read_text().splitlines()
+    assert len(lines) < 60, "one log line per frame would be thousands"
     assert state["values"]["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is True
     assert len(state["values"]) == 29
     assert later["buses"]["powertrain"]["received"] > health["buses"]["powertrain"]["received"]
