@@ -188,7 +188,7 @@ class MqttSettings(_Model):
 
 class StorageSettings(_Model):
     path: ConfigPath = Field(default_factory=lambda: _default_state_dir() / "outbox.db")
-    max_mb: Annotated[float, Field(gt=0, le=1_000_000)] = 256
+    max_mb: Annotated[float, Field(ge=0.25, le=1_000_000)] = 256
     sync: Literal["normal", "full"] = "normal"
     max_age_h: Annotated[float, Field(gt=0)] | None = None
 

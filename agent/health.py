@@ -85,8 +85,16 @@ class Health:
                 "published": p.samples_published,
                 "dropped": p.samples_dropped,
             },
-            "outbox": {"depth": self._outbox.depth(), "bytes": self._outbox.payload_bytes()},
-            "dropped": {"samples": p.samples_dropped},
+            "outbox": {
+                "depth": self._outbox.depth(),
+                "bytes": self._outbox.payload_bytes(),
+                "file_bytes": self._outbox.file_bytes(),
+                "max_bytes": self._outbox.max_bytes,
+                "dropping": self._outbox.dropping,
+            },
+            # Persistent counters from the outbox: dropped_telemetry, dropped_event,
+            # dropped_response, dropped_samples, expired_telemetry, expired_samples.
+            "dropped": {**self._outbox.counters(), "unstored_samples": p.samples_dropped},
             "mqtt": mqtt,
             "commands": dict(self._commands.by_status),
         }

@@ -19,7 +19,7 @@ import structlog
 from agent.config import TelemetrySettings
 from agent.decode import Decoder
 from agent.model import FrameLike, Sample
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import Outbox, OutboxError, OutboxFull
 from agent.signals import Sampler
 
 log = structlog.get_logger("agent.pipeline")
@@ -100,8 +100,14 @@ class Pipeline:
             del self._batch[:limit]
             try:
                 self._outbox.append(
-                    "telemetry", "telemetry", self._payload_of(chunk), stream="telemetry"
+                    "telemetry",
+                    "telemetry",
+                    self._payload_of(chunk),
+                    stream="telemetry",
+                    items=len(chunk),
                 )
+            except OutboxFull:
+                pass  # the outbox counted it (dropped_telemetry, dropped_samples)
             except OutboxError as exc:
                 self.stats.samples_dropped += len(chunk)
                 log.error("telemetry_dropped", samples=len(chunk), error=str(exc))

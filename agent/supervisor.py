@@ -26,7 +26,7 @@ from agent.dbc import Vehicle
 from agent.decode import build_decoders
 from agent.errors import AgentError
 from agent.health import CommandCounters, Health
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxError
 from agent.pipeline import Pipeline
 from agent.signals import Sampler, policies_of
 from agent.sim.scenario import Scenario
@@ -115,8 +115,14 @@ class Agent:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         async with AsyncExitStack() as stack:
+            storage = settings.storage
             self._outbox = stack.enter_context(
-                Outbox(settings.storage.path, sync=settings.storage.sync)
+                Outbox(
+                    storage.path,
+                    sync=storage.sync,
+                    max_bytes=int(storage.max_mb * 1024 * 1024),
+                    max_age_s=storage.max_age_h * 3600 if storage.max_age_h else None,
+                )
             )
             decoders = build_decoders(self.vehicle)
             self._sampler = Sampler(policies_of(settings.signals))
@@ -168,6 +174,7 @@ class Agent:
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
+                    tg.create_task(self._maintain_outbox())
                     for receiver in receivers:
                         tg.create_task(receiver.run())
                     if simulator is not None:
@@ -176,6 +183,15 @@ class Agent:
             except* _Shutdown:
                 pass
         log.info("stopped", published=self.uplink.stats.published)
+
+    async def _maintain_outbox(self) -> None:
+        """Expire telemetry past `storage.max_age_h`; cheap, so every 30 s."""
+        while True:
+            try:
+                self._outbox.expire()
+            except OutboxError as exc:
+                log.error("outbox_expire_failed", error=str(exc))
+            await asyncio.sleep(30)
 
     def _simulator(self, stack: AsyncExitStack) -> Any:
         sim_settings = self.settings.simulator

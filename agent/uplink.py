@@ -350,16 +350,21 @@ class Uplink:
             refused_before = client.refused
             timeout = (
                 max(0.5, self._stop_deadline - time.monotonic())
-                if (self._stopping.is_set())
+                if self._stopping.is_set()
                 else 30.0
             )
-            async with asyncio.TaskGroup() as tg:
-                for record in records:
-                    tg.create_task(
-                        client.publish(
-                            self.topic(record.topic), record.payload, qos=1, timeout=timeout
+            # In flight: the outbox will not pick these when it must drop records to make room.
+            self._outbox.in_flight = {r.id for r in records}
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for record in records:
+                        tg.create_task(
+                            client.publish(
+                                self.topic(record.topic), record.payload, qos=1, timeout=timeout
+                            )
                         )
-                    )
+            finally:
+                self._outbox.in_flight = set()
             if client.refused != refused_before:
                 self.stats.publish_refused += client.refused - refused_before
                 log.error(

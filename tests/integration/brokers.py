@@ -59,7 +59,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 class Broker:
     """One mosquitto process with its own config file; can be stopped and started again."""
 
-    def __init__(self, folder: Path, extra: str = "", *, port: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, extra: str = "", *, port: int | None = None, persistent: bool = False
+    ) -> None:
         self.binary = need_mosquitto()
         self.folder = folder
         self.port = port or free_port()
@@ -68,6 +70,7 @@ class Broker:
         self.log = folder / f"mosquitto-{self.port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.persistent = persistent
 
     def write_conf(self) -> None:
         extra = self.extra.replace("{folder}", str(self.folder))
@@ -76,9 +79,13 @@ class Broker:
         # Started as root, mosquitto drops to the `mosquitto` user and could not read the
         # test's private temporary folder (certificates, ACLs, log): keep it as it is.
         user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf.write_text(
-            f"{user}persistence false\nlog_dest file {self.log}\nlog_type all\n{extra}"
+        # Persistent: sessions and queued messages are saved at shutdown and restored.
+        persistence = (
+            f"persistence true\npersistence_location {self.folder}/\n"
+            if self.persistent
+            else "persistence false\n"
         )
+        self.conf.write_text(f"{user}{persistence}log_dest file {self.log}\nlog_type all\n{extra}")
 
     def start(self) -> None:
         self.write_conf()
@@ -122,10 +129,23 @@ class Received:
 class Subscriber:
     """A paho client in its own network thread, recording everything under `topic`."""
 
-    def __init__(self, port: int, topic: str = "vehicles/#", **tls: Any) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic: str = "vehicles/#",
+        *,
+        client_id: str = "",
+        clean_session: bool = True,
+        **tls: Any,
+    ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
         self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(0.1, 0.5)
