@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -227,6 +228,9 @@ class Uplink:
             timeout=10.0,
             max_inflight_messages=self._window,
             logger=logger,
+            # Many small PUBLISH packets in flight: without TCP_NODELAY, Nagle's algorithm and
+            # the broker's delayed ACKs stall each window by tens of milliseconds.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             **kwargs,
         )
         client.socket_errors = errors
@@ -335,53 +339,90 @@ class Uplink:
             )
 
     async def _drain(self, client: _Client) -> None:
-        while True:
-            if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
-                return
-            records = self._outbox.pending(self._window)
-            if not records:
-                if self._stopping.is_set():
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._wake.wait()
-                continue
-            refused_before = client.refused
-            timeout = (
-                max(0.5, self._stop_deadline - time.monotonic())
-                if self._stopping.is_set()
-                else 30.0
-            )
-            # In flight: the outbox will not pick these when it must drop records to make room.
-            self._outbox.in_flight = {r.id for r in records}
+        """Publish the outbox in order with up to `window` messages in flight (a sliding
+        window: a new message goes out as soon as any PUBACK comes back, so a broker that
+        delays its acknowledgements costs throughput only once per window, not per round).
+        Returns once stopping and drained, or when the stop deadline has passed."""
+        in_flight: set[int] = set()
+        self._outbox.in_flight = in_flight  # the outbox never drops these to make room
+        completed: list[int] = []
+        progress = asyncio.Event()
+        cursor = 0  # highest id handed to a publish
+        refused_seen = client.refused
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def send(record_id: int, topic: str, payload: bytes) -> None:
             try:
-                async with asyncio.TaskGroup() as tg:
-                    for record in records:
-                        tg.create_task(
-                            client.publish(
-                                self.topic(record.topic), record.payload, qos=1, timeout=timeout
-                            )
-                        )
+                await client.publish(topic, payload, qos=1, timeout=30.0)
+                completed.append(record_id)
             finally:
-                self._outbox.in_flight = set()
-            if client.refused != refused_before:
-                self.stats.publish_refused += client.refused - refused_before
-                log.error(
-                    "mqtt_publish_refused",
-                    reason=client.last_refusal,
-                    records=len(records),
-                    kept=True,
-                    hint="the broker's ACL does not let this vehicle publish its topics",
-                )
-                if self._stopping.is_set():
-                    return  # the records stay in the outbox for the next start
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._auth_retry_s / 4):
-                        await self._stopping.wait()
-                continue
-            self._outbox.ack(r.id for r in records)
-            self.stats.published += len(records)
+                in_flight.discard(record_id)
+                progress.set()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    if completed:
+                        if client.refused != refused_seen:
+                            # Some of these were refused and we cannot tell which: keep them
+                            # all (at-least-once) once nothing is in flight, then retry slowly.
+                            if in_flight:
+                                await self._wait(progress, 1.0)
+                                continue
+                            self.stats.publish_refused += client.refused - refused_seen
+                            refused_seen = client.refused
+                            log.error(
+                                "mqtt_publish_refused",
+                                reason=client.last_refusal,
+                                records=len(completed),
+                                kept=True,
+                                hint="the broker's ACL does not let this vehicle publish "
+                                "its topics",
+                            )
+                            completed.clear()
+                            cursor = 0
+                            if self._stopping.is_set():
+                                return  # the records stay in the outbox for the next start
+                            await self._wait(self._stopping, self._auth_retry_s / 4)
+                            continue
+                        done = completed[:]
+                        completed.clear()
+                        self._outbox.ack(done)
+                        self.stats.published += len(done)
+                    stopping = self._stopping.is_set()
+                    if stopping and time.monotonic() >= self._stop_deadline:
+                        for task in tasks:
+                            task.cancel()  # unacknowledged: they stay in the outbox
+                        return
+                    room = self._window - len(in_flight)
+                    records = self._outbox.pending(room, after=cursor) if room > 0 else []
+                    for record in records:
+                        in_flight.add(record.id)
+                        cursor = record.id
+                        task = tg.create_task(
+                            send(record.id, self.topic(record.topic), record.payload)
+                        )
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    if records:
+                        continue
+                    if not in_flight and not completed:
+                        if stopping:
+                            return
+                        self._wake.clear()
+                        await self._wait(self._wake, 1.0)
+                    else:
+                        progress.clear()
+                        if not completed:
+                            await self._wait(progress, 1.0)
+        finally:
+            self._outbox.in_flight = set()
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
 
     async def _receive(self, client: _Client) -> None:
         request_topic = self.topic("commands/request")
