@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agent import config, dbc, logs
+from agent.aio import wait_event
 from agent.errors import AgentError
 from agent.sim.scenario import Event, Scenario
 from agent.supervisor import Agent
@@ -99,6 +100,7 @@ class Dashboard:
         self.last_seq = 0
         self.online: bool | None = None
         self.first_value_after: float | None = None
+        self.said_goodbye = asyncio.Event()
         self._started = time.monotonic()
 
     def table(self) -> Table:
@@ -131,6 +133,8 @@ class Dashboard:
             self.values.update(body.get("values", {}))
         elif topic.endswith("/status"):
             self.online = bool(body.get("online"))
+            if not self.online:
+                self.said_goodbye.set()
         if self.first_value_after is None and self.values:
             self.first_value_after = time.monotonic() - self._started
 
@@ -205,7 +209,8 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
                             loop = asyncio.get_running_loop()
                             loop.call_later(duration, agent.stop_requested.set)
                         await agent.run()
-                        await asyncio.sleep(0.3)  # the last messages reach the console
+                        # The agent's goodbye (online: false) is the last thing to show.
+                        await wait_event(dashboard.said_goodbye, 3.0)
                         follower.cancel()
             finally:
                 await broker.shutdown()

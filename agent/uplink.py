@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
+from agent.aio import wait_event
 from agent.config import Settings
 from agent.outbox import Outbox
 
@@ -173,9 +174,7 @@ class Uplink:
         self._stop_deadline = time.monotonic() + drain_s
         self._stopping.set()
         self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_s + 1.5):
-                await self._done.wait()
+        await wait_event(self._done, drain_s + 1.5)
 
     # --- the connection ----------------------------------------------------------------
     def topic(self, suffix: str) -> str:
@@ -261,9 +260,7 @@ class Uplink:
                     delay = self._failed(_first_leaf(group), backoff, cause)
                 if self._stopping.is_set():
                     return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stopping.wait()
+                await wait_event(self._stopping, delay)
         finally:
             self.stats.connected = False
             self._done.set()
@@ -420,9 +417,7 @@ class Uplink:
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await event.wait()
+        await wait_event(event, seconds)
 
     async def _receive(self, client: _Client) -> None:
         request_topic = self.topic("commands/request")
@@ -440,9 +435,7 @@ class Uplink:
     async def _state_loop(self, client: _Client) -> None:
         interval = self._settings.telemetry.state_interval_s
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._state_now.wait()
+            await wait_event(self._state_now, interval)
             self._state_now.clear()
             body = self._state()
             if body is None:
