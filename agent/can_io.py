@@ -133,6 +133,16 @@ class CanReceiver:
         except (can.CanError, OSError) as exc:
             self.failed(exc)
 
+    def send(self, msg: can.Message) -> None:
+        """Transmit one frame; AgentError when the bus is down or refuses."""
+        bus = self._bus
+        if bus is None:
+            raise AgentError(f"bus {self.name!r} is down")
+        try:
+            bus.send(msg, timeout=0.2)
+        except (can.CanError, OSError) as exc:
+            raise AgentError(str(exc)) from exc
+
     def deliver(self, msg: can.Message) -> None:
         self.stats.frames += 1
         self._on_frame(msg)

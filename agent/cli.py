@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 def _load_vehicle(path: str) -> Vehicle:
     # Imported here so `--help` and argument errors stay fast on a slow head unit.
-    from agent import config, dbc
+    from agent import commands, config, dbc
 
-    return dbc.load_vehicle(config.load(path))
+    vehicle = dbc.load_vehicle(config.load(path))
+    commands.resolve(vehicle)  # command definitions are part of a valid configuration
+    return vehicle
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -74,6 +76,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
     return run_demo(Path(args.config) if args.config else None, args.duration)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from agent.keys import keygen
+
+    private, public = keygen(args.kid, Path(args.out))
+    print(f"private key: {private} (keep it on the back end, never on the car)", file=sys.stderr)
+    print("add to the vehicle's configuration:", file=sys.stderr)
+    print("commands:\n  trust:")
+    print(f'    - kid: {args.kid}\n      public_key: "{public}"\n      allow: ["*"]')
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from agent.keys import load_private_key, parse_param, sign
+
+    params = dict(parse_param(p) for p in args.param or [])
+    token = sign(
+        load_private_key(Path(args.key)),
+        kid=args.kid,
+        vehicle=args.vehicle,
+        command=args.command,
+        params=params,
+        ttl_s=args.ttl,
+    )
+    print(token)
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import json
+
+    import jwt
+
+    from agent import config
+    from agent.uplink import send_token
+
+    settings = config.load(args.config).settings
+    text = sys.stdin.read() if args.token == "-" else args.token
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    token = text.strip().encode()
+    try:
+        command_id = jwt.decode(token, options={"verify_signature": False}).get("jti")
+    except jwt.PyJWTError as exc:
+        raise AgentError(f"not a token: {exc}") from exc
+
+    def show(body: dict[str, object]) -> None:
+        print(json.dumps(body), flush=True)
+
+    final = asyncio.run(send_token(settings, token, command_id, args.timeout, show))
+    if final is None:
+        print(f"vehicle-agent send: no final response within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK if final.get("status") == "succeeded" else EXIT_FAIL
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -170,6 +227,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     sub.add_argument("-c", "--config", metavar="FILE", help="default: config/demo.yaml")
+
+    sub = verb(
+        "keygen",
+        cmd_keygen,
+        "Make an Ed25519 key pair for signing commands; print the trust entry.",
+    )
+    sub.add_argument("--kid", required=True, metavar="NAME")
+    sub.add_argument("--out", default=".", metavar="DIR")
+
+    sub = verb("sign", cmd_sign, "Print a signed command token.")
+    sub.add_argument("--key", required=True, metavar="PEM")
+    sub.add_argument("--kid", required=True, metavar="NAME")
+    sub.add_argument("--vehicle", required=True, metavar="ID")
+    sub.add_argument("--command", required=True, metavar="NAME")
+    sub.add_argument("--param", action="append", metavar="K=V", help="repeatable; V as JSON")
+    sub.add_argument("--ttl", type=_positive, default=60, metavar="S")
+
+    sub = verb(
+        "send",
+        cmd_send,
+        "Publish a token to the vehicle's request topic; print each response until "
+        "a final one. Exit 0 on succeeded.",
+    )
+    sub.add_argument("-c", "--config", required=True, metavar="FILE")
+    sub.add_argument("token", metavar="TOKEN", help="the token, - for stdin, or @FILE")
+    sub.add_argument("--timeout", type=_positive, default=30, metavar="S")
 
     sub = verb(
         "check-config",

@@ -234,10 +234,72 @@ class TrustedKey(_Model):
         return value
 
 
+class ParamSpec(_Model):
+    type: Literal["number", "integer", "boolean", "string"]
+    min: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    max: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    choices: list[str] | None = None
+    default: bool | int | float | str | None = None
+    required: bool | None = None  # default: required when there is no default
+
+
+def _check_expression(value: str) -> str:
+    from agent.expr import ExprError, parse
+
+    try:
+        parse(value)
+    except ExprError as exc:
+        raise ValueError(f"not a valid expression: {exc}") from exc
+    return value
+
+
+Condition = Annotated[str, AfterValidator(_check_expression)]
+
+
+class ActionSpec(_Model):
+    message: Annotated[str, Field(min_length=1)]
+    bus: str | None = None
+    signals: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    repeat: Annotated[int, Field(ge=1, le=100)] = 3
+    interval_ms: Annotated[int, Field(ge=10, le=10_000)] = 100
+
+
+class FeedbackSpec(_Model):
+    condition: Condition
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+
+
+class AutoStopSpec(_Model):
+    after_param: str  # a parameter of this command, in minutes
+    command: str  # the definition run when the time is up
+
+
+class CommandDefinition(_Model):
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    preconditions: list[Condition] = Field(default_factory=list)
+    action: ActionSpec | None = None
+    builtin: Literal["state.snapshot"] | None = None
+    feedback: FeedbackSpec | None = None
+    auto_stop: AutoStopSpec | None = None
+
+    @model_validator(mode="after")
+    def _does_something(self) -> CommandDefinition:
+        if (self.action is None) == (self.builtin is None):
+            raise ValueError("give exactly one of 'action' (CAN frames) or 'builtin'")
+        return self
+
+
+COMMAND_NAME = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+
+
 class CommandSettings(_Model):
     max_ttl_s: Annotated[int, Field(ge=1, le=86_400)] = 300
     clock_skew_s: Annotated[int, Field(ge=0, le=3600)] = 30
     trust: list[TrustedKey] = Field(default_factory=list)
+    definitions: dict[Annotated[str, Field(pattern=COMMAND_NAME)], CommandDefinition] = Field(
+        default_factory=dict
+    )
+    rejections_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
 
 
 SCENARIOS = ("parked", "driving", "plugged_in")

@@ -5,26 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from agent.can_io import CanReceiver
 from agent.decode import Decoder
+from agent.executor import Executor
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.uplink import Uplink
 
 log = structlog.get_logger("agent.stats")
-
-
-@dataclass(slots=True)
-class CommandCounters:
-    by_status: dict[str, int] = field(default_factory=dict)
-
-    def count(self, status: str) -> None:
-        self.by_status[status] = self.by_status.get(status, 0) + 1
 
 
 class Health:
@@ -37,7 +29,7 @@ class Health:
         pipeline: Pipeline,
         outbox: Outbox,
         uplink: Callable[[], Uplink | None],
-        commands: CommandCounters,
+        executor: Callable[[], Executor | None],
     ) -> None:
         self._boot_id = boot_id
         self._decoders = decoders
@@ -45,7 +37,7 @@ class Health:
         self._pipeline = pipeline
         self._outbox = outbox
         self._uplink = uplink
-        self._commands = commands
+        self._executor = executor
         self._started = time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
@@ -96,7 +88,20 @@ class Health:
             # dropped_response, dropped_samples, expired_telemetry, expired_samples.
             "dropped": {**self._outbox.counters(), "unstored_samples": p.samples_dropped},
             "mqtt": mqtt,
-            "commands": dict(self._commands.by_status),
+            "commands": self._command_counts(),
+        }
+
+    def _command_counts(self) -> dict[str, Any]:
+        executor = self._executor()
+        if executor is None:
+            return {}
+        stats = executor.stats
+        return {
+            **stats.by_status,
+            "requests": stats.requests,
+            "reasons": dict(stats.by_reason),
+            "suppressed": stats.suppressed,
+            "frames_sent": dict(stats.frames_sent),
         }
 
     async def log_stats(self, interval: float) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -18,19 +17,22 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
-import jwt
 import structlog
 
+from agent import commands
+from agent.auth import Verifier
 from agent.can_io import CanReceiver, open_bus
+from agent.command_store import CommandStore
 from agent.dbc import Vehicle
 from agent.decode import build_decoders
 from agent.errors import AgentError
-from agent.health import CommandCounters, Health
+from agent.executor import Executor
+from agent.health import Health
 from agent.outbox import Outbox, OutboxError
 from agent.pipeline import Pipeline
 from agent.signals import Sampler, policies_of
 from agent.sim.scenario import Scenario
-from agent.uplink import MAX_REQUEST_BYTES, Uplink
+from agent.uplink import Uplink
 
 log = structlog.get_logger("agent")
 
@@ -40,27 +42,6 @@ DRAIN_S = 3.0
 
 class _Shutdown(Exception):
     """Raised inside the TaskGroup once the orderly stop is done, to end the other tasks."""
-
-
-def response_payload(
-    command_id: str | None, status: str, reason: str | None = None, detail: str | None = None
-) -> bytes:
-    body: dict[str, Any] = {"id": command_id, "status": status, "ts": round(time.time(), 3)}
-    if reason is not None:
-        body["reason"] = reason
-    if detail is not None:
-        body["detail"] = detail
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _unverified_id(token: bytes) -> str | None:
-    """The `jti` of a token, read without verifying it: only to correlate the answer."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except (jwt.PyJWTError, UnicodeDecodeError, ValueError):
-        return None
-    jti = claims.get("jti") if isinstance(claims, dict) else None
-    return jti if isinstance(jti, str) and len(jti) <= 128 else None
 
 
 class Agent:
@@ -73,25 +54,12 @@ class Agent:
         self.boot_id = str(uuid.uuid4())
         self.stop_requested = asyncio.Event()
         self.uplink: Uplink | None = None
-        self.commands = CommandCounters()
+        self.executor: Executor | None = None
         self._signals = 0
 
-    # --- commands (the signed-command handler replaces this with its own) ---------------
     def _on_request(self, payload: bytes, properties: Any) -> None:
-        if len(payload) > MAX_REQUEST_BYTES:
-            command_id, reason = None, "MALFORMED"
-            detail = f"request of {len(payload)} bytes is over {MAX_REQUEST_BYTES}"
-        else:
-            command_id, reason = _unverified_id(payload), "UNKNOWN_COMMAND"
-            detail = "this agent does not execute commands yet"
-        self.commands.count("rejected")
-        self._outbox.append(
-            "response",
-            "commands/response",
-            lambda _seq: response_payload(command_id, "rejected", reason, detail),
-        )
-        assert self.uplink is not None
-        self.uplink.notify()
+        if self.executor is not None:
+            self.executor.on_request(payload, properties)
 
     def _state(self) -> dict[str, Any] | None:
         latest = self._sampler.latest
@@ -145,7 +113,7 @@ class Agent:
                 pipeline=pipeline,
                 outbox=self._outbox,
                 uplink=lambda: self.uplink,
-                commands=self.commands,
+                executor=lambda: self.executor,
             )
             self.uplink = Uplink(
                 settings=settings,
@@ -154,6 +122,21 @@ class Agent:
                 state=self._state,
                 health=health.snapshot,
                 on_request=self._on_request,
+            )
+            store = stack.enter_context(
+                CommandStore(storage.path.with_name("commands.db"), sync=storage.sync)
+            )
+            by_bus = {r.name: r for r in receivers}
+            self.executor = Executor(
+                verifier=Verifier.from_settings(settings.vehicle_id, settings.commands),
+                commands=commands.resolve(self.vehicle),
+                store=store,
+                outbox=self._outbox,
+                notify=self.uplink.notify,
+                values=lambda: {p: s.value for p, s in self._sampler.latest.items()},
+                transmit=lambda bus, frame: by_bus[bus].send(frame),
+                request_state=self.uplink.request_state,
+                rejections_per_s=settings.commands.rejections_per_s,
             )
             for receiver in receivers:
                 await stack.enter_async_context(receiver)
@@ -175,6 +158,7 @@ class Agent:
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
                     tg.create_task(self._maintain_outbox())
+                    tg.create_task(self.executor.run())
                     for receiver in receivers:
                         tg.create_task(receiver.run())
                     if simulator is not None:

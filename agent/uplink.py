@@ -451,3 +451,55 @@ class Uplink:
             payload = json.dumps(self._health(), separators=(",", ":")).encode()
             await client.publish(self.topic("health"), payload, qos=0)
             self.stats.health_published += 1
+
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "rejected"})
+
+
+async def send_token(
+    settings: Settings,
+    token: bytes,
+    command_id: str | None,
+    timeout_s: float,
+    on_response: Callable[[dict[str, Any]], None],
+) -> dict[str, Any] | None:
+    """Publish a token to the vehicle's request topic and hand each response for it to
+    `on_response` until a final one (returned), or None after `timeout_s`."""
+    m = settings.mqtt
+    prefix = settings.topic_prefix
+    tls = m.tls
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+        if tls.cert is not None and tls.key is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+    password = m.password_file.read_text().rstrip("\r\n") if m.password_file else None
+    protocol = aiomqtt.ProtocolVersion.V5 if m.protocol == "5" else aiomqtt.ProtocolVersion.V311
+    identifier = f"{settings.vehicle_id}-send-{random.randrange(1 << 32):08x}"
+    final: dict[str, Any] | None = None
+    async with aiomqtt.Client(
+        m.host,
+        m.port,
+        identifier=identifier,
+        username=m.username,
+        password=password,
+        tls_context=context,
+        protocol=protocol,
+        timeout=10.0,
+    ) as client:
+        await client.subscribe(f"{prefix}/commands/response", qos=1)
+        await client.publish(f"{prefix}/commands/request", token, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                async for message in client.messages:
+                    try:
+                        body = json.loads(message.payload)
+                    except (TypeError, ValueError):
+                        continue
+                    if not isinstance(body, dict) or body.get("id") != command_id:
+                        continue
+                    on_response(body)
+                    if body.get("status") in FINAL_STATUSES:
+                        final = body
+                        break
+    return final

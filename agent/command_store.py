@@ -1,0 +1,149 @@
+"""What must survive a restart about commands: every accepted `jti` with its result (replay
+protection), and pending timers (a climate session's automatic stop).
+
+SQLite next to the outbox (`commands.db`). A `jti` is committed here before its command acts,
+and kept until its token's expiry plus the clock skew (after that the token is refused as
+expired anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from agent.errors import AgentError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    jti TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    keep_until REAL NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS timers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    due REAL NOT NULL,
+    command TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+"""
+
+
+class StoreError(AgentError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    jti: str
+    command: str
+    status: str
+    reason: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    id: int
+    due: float
+    command: str
+    origin: str
+    params: dict[str, Any]
+
+
+class CommandStore:
+    def __init__(self, path: Path, *, sync: Literal["normal", "full"] = "normal") -> None:
+        self.path = path
+        self._sync = sync
+        self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the command store at {self.path}: {exc}") from exc
+        self._db = db
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("command store is not open")
+        return self._db
+
+    def seen(self, jti: str) -> Seen | None:
+        row = self.db.execute(
+            "SELECT jti, command, status, reason, detail FROM seen WHERE jti = ?", (jti,)
+        ).fetchone()
+        return Seen(*row) if row else None
+
+    def claim(
+        self,
+        jti: str,
+        command: str,
+        keep_until: float,
+        status: str,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        """Record a jti; False if it was already there (a replay). Committed on return."""
+        try:
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO seen(jti, command, keep_until, status, reason, detail) "
+                "VALUES(?, ?, ?, ?, ?, ?)",
+                (jti, command, keep_until, status, reason, detail),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record command {jti}: {exc}") from exc
+        return cursor.rowcount == 1
+
+    def finish(self, jti: str, status: str, reason: str | None, detail: str | None) -> None:
+        try:
+            self.db.execute(
+                "UPDATE seen SET status = ?, reason = ?, detail = ? WHERE jti = ?",
+                (status, reason, detail, jti),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record the result of {jti}: {exc}") from exc
+
+    def prune(self, now: float) -> int:
+        return self.db.execute("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
+
+    def add_timer(self, due: float, command: str, origin: str, params: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO timers(due, command, origin, params) VALUES(?, ?, ?, ?)",
+            (due, command, origin, json.dumps(params)),
+        )
+
+    def timers(self) -> list[Timer]:
+        rows = self.db.execute(
+            "SELECT id, due, command, origin, params FROM timers ORDER BY due"
+        ).fetchall()
+        return [Timer(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def drop_timer(self, timer_id: int) -> None:
+        self.db.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
+
+    def drop_timers_of(self, command: str) -> None:
+        self.db.execute("DELETE FROM timers WHERE command = ?", (command,))

@@ -1,0 +1,221 @@
+"""A small, safe expression language for command preconditions and feedback conditions.
+
+    Vehicle.Speed == 0
+    Vehicle.Powertrain.TractionBattery.StateOfCharge.Current >= 20
+    Vehicle.Cabin.HVAC.IsAirConditioningActive == true and not Vehicle.Speed > 5
+    Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature == $target_temp_c
+
+Operands: signal paths, numbers, 'strings', true/false, and `$param` (a command parameter).
+Operators: == != < <= > >=, and, or, not, parentheses. Parsed once at load into a tree of
+tuples and evaluated against a dict of current values; nothing is ever passed to `eval`.
+A comparison with a value not known yet is false (and reported as such).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+      | (?P<str>'[^']*'|"[^"]*")
+      | (?P<op>==|!=|<=|>=|<|>|\(|\))
+      | (?P<param>\$[A-Za-z_][A-Za-z0-9_]*)
+      | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+    )""",
+    re.VERBOSE,
+)
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+class ExprError(ValueError):
+    """The text is not a valid expression."""
+
+
+Node = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    text: str
+    tree: Node
+    paths: frozenset[str]
+    params: frozenset[str]
+
+    def evaluate(self, values: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+        return bool(_eval(self.tree, values, params))
+
+    def explain(self, values: Mapping[str, Any]) -> str:
+        """The current values of the paths it reads, for a rejection's detail."""
+        shown = ", ".join(f"{p}={values.get(p, 'unknown')!r}" for p in sorted(self.paths))
+        return f"{self.text} ({shown})"
+
+
+def parse(text: str) -> Expression:
+    tokens = _tokenize(text)
+    parser = _Parser(tokens)
+    tree = parser.or_expr()
+    if parser.pos != len(tokens):
+        raise ExprError(f"unexpected {tokens[parser.pos][1]!r}")
+    paths: set[str] = set()
+    params: set[str] = set()
+    _collect(tree, paths, params)
+    return Expression(text, tree, frozenset(paths), frozenset(params))
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ExprError(f"cannot read {text[pos : pos + 12]!r}")
+        kind = match.lastgroup or ""
+        tokens.append((kind, match.group(kind)))
+        pos = match.end()
+    if not tokens:
+        raise ExprError("empty expression")
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> tuple[str, str]:
+        token = self.peek()
+        if token is None:
+            raise ExprError("expression ends too early")
+        self.pos += 1
+        return token
+
+    def or_expr(self) -> Node:
+        node = self.and_expr()
+        while self.peek() == ("word", "or"):
+            self.take()
+            node = ("or", node, self.and_expr())
+        return node
+
+    def and_expr(self) -> Node:
+        node = self.not_expr()
+        while self.peek() == ("word", "and"):
+            self.take()
+            node = ("and", node, self.not_expr())
+        return node
+
+    def not_expr(self) -> Node:
+        if self.peek() == ("word", "not"):
+            self.take()
+            return ("not", self.not_expr())
+        return self.comparison()
+
+    def comparison(self) -> Node:
+        left = self.operand()
+        token = self.peek()
+        if token is not None and token[0] == "op" and token[1] in _COMPARE:
+            self.take()
+            return ("cmp", token[1], left, self.operand())
+        return left
+
+    def operand(self) -> Node:
+        kind, text = self.take()
+        if kind == "op" and text == "(":
+            node = self.or_expr()
+            if self.take() != ("op", ")"):
+                raise ExprError("missing ')'")
+            return node
+        if kind == "num":
+            value = float(text)
+            return ("const", int(value) if value.is_integer() and "." not in text else value)
+        if kind == "str":
+            return ("const", text[1:-1])
+        if kind == "param":
+            return ("param", text[1:])
+        if kind == "word":
+            if text in ("true", "false"):
+                return ("const", text == "true")
+            if text in ("and", "or", "not"):
+                raise ExprError(f"{text!r} where a value was expected")
+            if "." not in text:
+                raise ExprError(f"{text!r} is not a signal path (Vehicle....), $param or value")
+            return ("path", text)
+        raise ExprError(f"unexpected {text!r}")
+
+
+def _collect(node: Node, paths: set[str], params: set[str]) -> None:
+    kind = node[0]
+    if kind == "path":
+        paths.add(node[1])
+    elif kind == "param":
+        params.add(node[1])
+    elif kind in ("and", "or"):
+        _collect(node[1], paths, params)
+        _collect(node[2], paths, params)
+    elif kind == "not":
+        _collect(node[1], paths, params)
+    elif kind == "cmp":
+        _collect(node[2], paths, params)
+        _collect(node[3], paths, params)
+
+
+_UNKNOWN = object()
+
+
+def _value(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+    kind = node[0]
+    if kind == "const":
+        return node[1]
+    if kind == "path":
+        return values.get(node[1], _UNKNOWN)
+    if kind == "param":
+        return params.get(node[1], _UNKNOWN)
+    return _eval(node, values, params)
+
+
+def _eval(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+    kind = node[0]
+    if kind == "and":
+        return bool(_eval(node[1], values, params)) and bool(_eval(node[2], values, params))
+    if kind == "or":
+        return bool(_eval(node[1], values, params)) or bool(_eval(node[2], values, params))
+    if kind == "not":
+        return not _eval(node[1], values, params)
+    if kind == "cmp":
+        left, right = _value(node[2], values, params), _value(node[3], values, params)
+        if left is _UNKNOWN or right is _UNKNOWN:
+            return False
+        if _numeric(left) and _numeric(right):
+            if (
+                node[1] in ("==", "!=")
+                and isinstance(left, float | int)
+                and isinstance(right, float | int)
+            ):
+                equal = math.isclose(left, right, rel_tol=1e-9, abs_tol=1e-6)
+                return equal if node[1] == "==" else not equal
+            return _COMPARE[node[1]](left, right)
+        if type(left) is not type(right) and node[1] not in ("==", "!="):
+            return False
+        return _COMPARE[node[1]](left, right)
+    value = _value(node, values, params)
+    return value is not _UNKNOWN and bool(value)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
