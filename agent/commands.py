@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cantools.database.can import Message
+from cantools.database.can import Message, Signal
 
 from agent.config import CommandDefinition, ParamSpec
 from agent.dbc import Vehicle, choices_of
@@ -54,16 +54,27 @@ class ResolvedCommand:
         return out
 
     def frame_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Every signal of the action's message: configured constants and parameters, the
-        rest zero."""
+        """Every signal of the action's message: configured constants and parameters; the
+        rest at the DBC's initial value, else zero (or the nearest value the DBC allows)."""
         assert self.message is not None and self.definition.action is not None
-        values: dict[str, Any] = {s.name: 0 for s in self.message.signals}
+        values: dict[str, Any] = {s.name: _idle_value(s) for s in self.message.signals}
         for signal, value in self.definition.action.signals.items():
             if isinstance(value, str) and value.startswith("$"):
                 values[signal] = params[value[1:]]
             else:
                 values[signal] = value
         return values
+
+
+def _idle_value(signal: Signal) -> Any:
+    if signal.initial is not None:
+        return signal.initial
+    value: float = 0
+    if signal.minimum is not None and value < signal.minimum:
+        value = signal.minimum
+    if signal.maximum is not None and value > signal.maximum:
+        value = signal.maximum
+    return value
 
 
 def _check_value(name: str, spec: ParamSpec, value: Any) -> Any:
