@@ -8,6 +8,7 @@ through the broker exactly as a fleet back end would and shows the car updating 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -19,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from agent import config, dbc, logs
 from agent.aio import wait_event
+from agent.config import TrustedKey
 from agent.errors import AgentError
+from agent.keys import sign
 from agent.sim.scenario import Event, Scenario
 from agent.supervisor import Agent
 
@@ -50,13 +55,21 @@ ROWS: list[tuple[str, str, str]] = [
     ("Odometer", "Vehicle.TraveledDistance", "{:.1f} km"),
 ]
 
-# Drive for a minute, park, then plug in: enough happens to watch.
+# A hot afternoon: parked with a warm cabin (the console pre-conditions it with a signed
+# hvac.start), then a drive, then parked and plugged in. Enough happens to watch.
 DEMO_SCENARIO = Scenario(
-    mode="driving",
-    initial={"soc": 64.0, "cabin_temp": 27.5, "exterior_temp": 26.0},
+    mode="parked",
+    initial={"soc": 64.0, "cabin_temp": 31.0, "exterior_temp": 29.0},
     tyre_leak_bar_per_h={"rear_left": 0.6},
-    events=[Event(at_s=60, mode="parked"), Event(at_s=75, mode="plugged_in")],
+    events=[
+        Event(at_s=45, mode="driving"),
+        Event(at_s=120, mode="parked"),
+        Event(at_s=135, mode="plugged_in"),
+    ],
 )
+DEMO_KID = "demo-console"
+DEMO_TARGET_C = 21.0
+SEND_AFTER_S = 4.0
 
 
 def source_config() -> Path:
@@ -99,6 +112,9 @@ class Dashboard:
         self.telemetry = 0
         self.last_seq = 0
         self.online: bool | None = None
+        self.command = "[dim]…[/dim]"
+        self.command_statuses: list[str] = []
+        self.command_id: str | None = None
         self.first_value_after: float | None = None
         self.said_goodbye = asyncio.Event()
         self._started = time.monotonic()
@@ -117,6 +133,7 @@ class Dashboard:
         table.add_column("value", justify="right")
         for label, path, fmt in ROWS:
             table.add_row(label, _render(label, fmt, self.values.get(path)))
+        table.add_row("Signed command", self.command)
         return table
 
     def take(self, topic: str, payload: bytes) -> None:
@@ -131,6 +148,14 @@ class Dashboard:
                 self.values[sample["path"]] = sample["value"]
         elif topic.endswith("/state"):
             self.values.update(body.get("values", {}))
+        elif topic.endswith("/commands/response") and body.get("id") == self.command_id:
+            status = str(body.get("status"))
+            if body.get("reason"):
+                status += f" ({body['reason']})"
+            self.command_statuses.append(status)
+            colour = "green" if status == "succeeded" else "yellow"
+            shown = [*self.command_statuses[:-1], f"[{colour}]{status}[/{colour}]"]
+            self.command = f"hvac.start {DEMO_TARGET_C:g} °C: " + " → ".join(shown)
         elif topic.endswith("/status"):
             self.online = bool(body.get("online"))
             if not self.online:
@@ -153,11 +178,32 @@ class Dashboard:
                 await asyncio.sleep(0.5)
 
 
-def _demo_vehicle(cfg: Path, port: int, state_dir: Path) -> dbc.Vehicle:
+async def _send_hvac_start(
+    port: int, prefix: str, vehicle_id: str, key: Ed25519PrivateKey, dashboard: Dashboard
+) -> None:
+    """What a driver's phone does through the back end: a signed hvac.start."""
+    await asyncio.sleep(SEND_AFTER_S)
+    token = sign(
+        key,
+        kid=DEMO_KID,
+        vehicle=vehicle_id,
+        command="hvac.start",
+        params={"target_temp_c": DEMO_TARGET_C, "duration_min": 15},
+        ttl_s=60,
+    )
+    dashboard.command_id = jwt.decode(token, options={"verify_signature": False})["jti"]
+    dashboard.command = "hvac.start: sent"
+    async with aiomqtt.Client("127.0.0.1", port, identifier="demo-phone") as client:
+        await client.publish(f"{prefix}/commands/request", token.encode(), qos=1)
+
+
+def _demo_vehicle(cfg: Path, port: int, state_dir: Path, public_key: str) -> dbc.Vehicle:
     loaded = config.load(cfg)
     s = loaded.settings
+    trust = TrustedKey(kid=DEMO_KID, public_key=public_key, allow=["hvac.*", "state.*"])
     settings = s.model_copy(
         update={
+            "commands": s.commands.model_copy(update={"trust": [trust]}),
             # amqtt speaks MQTT 3.1.1.
             "mqtt": s.mqtt.model_copy(
                 update={"host": "127.0.0.1", "port": port, "protocol": "3.1.1", "tls": None}
@@ -189,7 +235,9 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
         log_path = state_dir / "agent.log"
         with open(log_path, "w", encoding="utf-8") as log_file:  # noqa: ASYNC230 - once, at start
             logs.configure("info", "json", stream=log_file)
-            vehicle = _demo_vehicle(cfg, port, state_dir)
+            key = Ed25519PrivateKey.generate()
+            public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
+            vehicle = _demo_vehicle(cfg, port, state_dir, public)
             agent = Agent(vehicle, scenario=DEMO_SCENARIO)
             dashboard = Dashboard(vehicle.loaded.settings.topic_prefix)
             console.print(
@@ -205,6 +253,15 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
                 with live_ctx as live:
                     async with asyncio.TaskGroup() as tg:
                         follower = tg.create_task(dashboard.follow(port, live))
+                        sender = tg.create_task(
+                            _send_hvac_start(
+                                port,
+                                dashboard.prefix,
+                                vehicle.loaded.settings.vehicle_id,
+                                key,
+                                dashboard,
+                            )
+                        )
                         if duration is not None:
                             loop = asyncio.get_running_loop()
                             loop.call_later(duration, agent.stop_requested.set)
@@ -212,11 +269,14 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
                         # The agent's goodbye (online: false) is the last thing to show.
                         await wait_event(dashboard.said_goodbye, 3.0)
                         follower.cancel()
+                        sender.cancel()
             finally:
                 await broker.shutdown()
         if not console.is_terminal:
             console.print(dashboard.table())
         first = dashboard.first_value_after
+        if dashboard.command_statuses:
+            console.print(f"demo: hvac.start {' → '.join(dashboard.command_statuses)}")
         console.print(
             f"demo: {dashboard.telemetry} telemetry messages, last seq {dashboard.last_seq}, "
             f"first values after {first:.1f} s"
