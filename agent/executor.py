@@ -43,6 +43,17 @@ def response_payload(
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _reply_to(properties: Any) -> tuple[str, bytes | None] | None:
+    """The MQTT 5 ResponseTopic and CorrelationData of a request, if usable."""
+    topic = getattr(properties, "ResponseTopic", None)
+    if not isinstance(topic, str) or not 0 < len(topic) <= 256 or any(c in topic for c in "+#"):
+        return None
+    correlation = getattr(properties, "CorrelationData", None)
+    if not isinstance(correlation, bytes | bytearray) or len(correlation) > 1024:
+        correlation = None
+    return topic, bytes(correlation) if correlation is not None else None
+
+
 @dataclass(slots=True)
 class CommandStats:
     by_status: dict[str, int] = field(default_factory=dict)
@@ -109,6 +120,7 @@ class Executor:
         self._clock = clock
         self._bucket = _Bucket(rejections_per_s, 2 * rejections_per_s)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_SIZE)
+        self._replies: dict[str, tuple[str, bytes | None]] = {}
         self.stats = CommandStats()
 
     # --- requests (synchronous: called for each MQTT request) ---------------------------
@@ -125,6 +137,9 @@ class Executor:
         except AuthError as exc:
             self._reject(exc.command_id, exc.reason, exc.detail)
             return
+        reply = _reply_to(properties)
+        if reply is not None:  # MQTT 5: answer on the requester's topic too (signed only)
+            self._replies[command.jti] = reply
         try:
             self._admit(command)
         except StoreError as exc:
@@ -203,14 +218,21 @@ class Executor:
     ) -> None:
         if count:
             self.stats.count(status, reason)
-        try:
-            self._outbox.append(
-                "response",
-                "commands/response",
-                lambda _seq: response_payload(jti, status, reason, detail),
-            )
-        except OutboxError as exc:
-            log.error("command_response_lost", command_id=jti, status=status, error=str(exc))
+        final = status not in ("accepted", "in_progress")
+        reply = None
+        if jti is not None:
+            reply = self._replies.pop(jti, None) if final else self._replies.get(jti)
+        destinations: list[tuple[str, bytes | None]] = [("commands/response", None)]
+        if reply is not None:
+            destinations.append(("@" + reply[0], reply[1]))
+        payload = response_payload(jti, status, reason, detail)
+        for topic, correlation in destinations:
+            try:
+                self._outbox.append(
+                    "response", topic, lambda _seq: payload, correlation=correlation
+                )
+            except OutboxError as exc:
+                log.error("command_response_lost", command_id=jti, status=status, error=str(exc))
         self._notify()
 
     # --- execution -----------------------------------------------------------------------

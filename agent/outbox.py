@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     created REAL NOT NULL,
-    items INTEGER NOT NULL DEFAULT 0
+    items INTEGER NOT NULL DEFAULT 0,
+    correlation BLOB
 );
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, id);
 CREATE TABLE IF NOT EXISTS seq (
@@ -76,8 +77,9 @@ class OutboxFull(OutboxError):
 class Record:
     id: int
     kind: str
-    topic: str  # suffix under the topic prefix: "telemetry", "events", "commands/response"
+    topic: str  # suffix under the prefix ("telemetry", ...), or "@" + a full topic
     payload: bytes
+    correlation: bytes | None = None  # MQTT 5 correlation data of a request's response topic
 
 
 class _Damaged(sqlite3.DatabaseError):
@@ -174,6 +176,8 @@ class Outbox:
             columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
             if "items" not in columns:  # files written before the cap existed
                 db.execute("ALTER TABLE outbox ADD COLUMN items INTEGER NOT NULL DEFAULT 0")
+            if "correlation" not in columns:  # ... and before MQTT 5 request/response
+                db.execute("ALTER TABLE outbox ADD COLUMN correlation BLOB")
             if self.max_bytes is not None:
                 # The WAL gets WAL_SHARE of the cap (at least WAL_MIN_FRAMES frames) and is
                 # checkpointed at a third of that, so the transaction that crosses the mark
@@ -229,6 +233,7 @@ class Outbox:
         *,
         stream: str | None = None,
         items: int = 0,
+        correlation: bytes | None = None,
     ) -> int:
         """Store one record; `payload(seq)` builds it with the stream's next seq (0 without a
         stream). Returns the seq. Makes room by dropping old records if the cap is reached;
@@ -236,7 +241,7 @@ class Outbox:
         dropped_any = False
         for _ in range(64):
             try:
-                seq = self._insert(kind, topic, payload, stream, items)
+                seq = self._insert(kind, topic, payload, stream, items, correlation)
                 break
             except sqlite3.Error as exc:
                 if not _is_full(exc):
@@ -264,6 +269,7 @@ class Outbox:
         payload: Callable[[int], bytes],
         stream: str | None,
         items: int,
+        correlation: bytes | None,
     ) -> int:
         with self._tx() as db:
             seq = 0
@@ -276,8 +282,9 @@ class Outbox:
                     (stream, seq),
                 )
             db.execute(
-                "INSERT INTO outbox(kind, topic, payload, created, items) VALUES(?, ?, ?, ?, ?)",
-                (kind, topic, payload(seq), self._clock(), items),
+                "INSERT INTO outbox(kind, topic, payload, created, items, correlation) "
+                "VALUES(?, ?, ?, ?, ?, ?)",
+                (kind, topic, payload(seq), self._clock(), items, correlation),
             )
         return seq
 
@@ -384,10 +391,20 @@ class Outbox:
     def pending(self, limit: int, after: int = 0) -> list[Record]:
         """The oldest records not yet acknowledged, in publication order."""
         rows = self.db.execute(
-            "SELECT id, kind, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, kind, topic, payload, correlation FROM outbox WHERE id > ? "
+            "ORDER BY id LIMIT ?",
             (after, limit),
         ).fetchall()
-        return [Record(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+        return [
+            Record(
+                int(r[0]),
+                str(r[1]),
+                str(r[2]),
+                bytes(r[3]),
+                bytes(r[4]) if r[4] is not None else None,
+            )
+            for r in rows
+        ]
 
     def ack(self, ids: Iterable[int]) -> None:
         """Forget records the broker acknowledged."""

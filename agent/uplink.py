@@ -348,9 +348,11 @@ class Uplink:
         refused_seen = client.refused
         tasks: set[asyncio.Task[None]] = set()
 
-        async def send(record_id: int, topic: str, payload: bytes) -> None:
+        async def send(
+            record_id: int, topic: str, payload: bytes, properties: Properties | None
+        ) -> None:
             try:
-                await client.publish(topic, payload, qos=1, timeout=30.0)
+                await client.publish(topic, payload, qos=1, properties=properties, timeout=30.0)
                 completed.append(record_id)
             finally:
                 in_flight.discard(record_id)
@@ -397,7 +399,12 @@ class Uplink:
                         in_flight.add(record.id)
                         cursor = record.id
                         task = tg.create_task(
-                            send(record.id, self.topic(record.topic), record.payload)
+                            send(
+                                record.id,
+                                self._destination(record.topic),
+                                record.payload,
+                                self._properties(record.correlation),
+                            )
                         )
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -414,6 +421,18 @@ class Uplink:
                             await self._wait(progress, 1.0)
         finally:
             self._outbox.in_flight = set()
+
+    def _destination(self, topic: str) -> str:
+        """Outbox topics are suffixes under the prefix; "@topic" is a full topic (an MQTT 5
+        request's response topic)."""
+        return topic[1:] if topic.startswith("@") else self.topic(topic)
+
+    def _properties(self, correlation: bytes | None) -> Properties | None:
+        if correlation is None or not self.v5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.CorrelationData = correlation
+        return props
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -7,6 +7,7 @@ out on the bus."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
@@ -362,3 +363,42 @@ def test_hvac_duration_switches_climate_off_across_a_restart(
     assert event["data"]["origin"] == result["id"]
     sent = BODY.decode_message(CLIMATE_REQ, bytes(rig.spy.last(CLIMATE_REQ).data))
     assert str(sent["TCU_ClimateCmd"]) == "OFF"
+
+
+def test_mqtt5_response_topic_and_correlation_data(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+) -> None:
+    """A requester that names a response topic gets the answers there too, with its
+    correlation data, as well as on P/commands/response."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    rig, running = rig_factory(scenario="parked")
+    got: list[tuple[str, bytes, bytes | None]] = []
+    app = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    app.on_message = lambda _c, _u, m: got.append(
+        (m.topic, bytes(m.payload), getattr(m.properties, "CorrelationData", None))
+    )
+    app.connect("127.0.0.1", rig.port)
+    app.loop_start()
+    app.subscribe("backend/replies/#", qos=1)
+    token = rig.key.token(rig.vehicle, "state.snapshot")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "backend/replies/phone-7"
+        props.CorrelationData = b"corr-42"
+        app.publish(
+            f"vehicles/{rig.vehicle}/commands/request", token, qos=1, properties=props
+        ).wait_for_publish(5)
+        assert rig.final(jti)["status"] == "succeeded"
+        wait_until(lambda: len(got) >= 2, 10, "both answers on the response topic")
+    app.loop_stop()
+    app.disconnect()
+    assert [(t, json.loads(p)["status"], c) for t, p, c in got] == [
+        ("backend/replies/phone-7", "accepted", b"corr-42"),
+        ("backend/replies/phone-7", "succeeded", b"corr-42"),
+    ]
