@@ -143,6 +143,8 @@ class Verifier:
         if not _number(iat_claim) or not _number(exp_claim):
             raise AuthError("MALFORMED", "iat and exp must be numbers", jti)
         iat, exp = float(iat_claim), float(exp_claim)
+        if exp < iat:
+            raise AuthError("MALFORMED", "exp is before iat", jti)
         if exp - iat > self.max_ttl_s:
             raise AuthError("TTL_TOO_LONG", f"lifetime {exp - iat:g} s > {self.max_ttl_s:g} s", jti)
         if now > exp + self.clock_skew_s:
@@ -160,8 +162,15 @@ class Verifier:
         return VerifiedCommand(jti, kid, command, params, iat, exp, token)
 
 
+MAX_TIME = 1e11  # year 5138: beyond it a time claim is nonsense, and huge ints overflow floats
+
+
 def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_TIME  # compared as an int: 10**400 must not reach float()
+    return math.isfinite(value) and abs(value) <= MAX_TIME
 
 
 def _epoch(moment: datetime | None) -> float | None:

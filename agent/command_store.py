@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from agent.errors import AgentError
 
@@ -59,9 +59,8 @@ class Timer:
 
 
 class CommandStore:
-    def __init__(self, path: Path, *, sync: Literal["normal", "full"] = "normal") -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._sync = sync
         self._db: sqlite3.Connection | None = None
 
     def __enter__(self) -> Self:
@@ -69,7 +68,9 @@ class CommandStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
+            # Always FULL, whatever storage.sync says: a spent jti lost in a power cut could
+            # be replayed and act twice. Commands are rare, so the fsync costs nothing.
+            db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the command store at {self.path}: {exc}") from exc
@@ -86,14 +87,16 @@ class CommandStore:
             self._db.close()
             self._db = None
 
-    @property
-    def db(self) -> sqlite3.Connection:
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         if self._db is None:
             raise StoreError("command store is not open")
-        return self._db
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"command store at {self.path}: {exc}") from exc
 
     def seen(self, jti: str) -> Seen | None:
-        row = self.db.execute(
+        row = self._run(
             "SELECT jti, command, status, reason, detail FROM seen WHERE jti = ?", (jti,)
         ).fetchone()
         return Seen(*row) if row else None
@@ -108,42 +111,37 @@ class CommandStore:
         detail: str | None = None,
     ) -> bool:
         """Record a jti; False if it was already there (a replay). Committed on return."""
-        try:
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO seen(jti, command, keep_until, status, reason, detail) "
-                "VALUES(?, ?, ?, ?, ?, ?)",
-                (jti, command, keep_until, status, reason, detail),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record command {jti}: {exc}") from exc
+        cursor = self._run(
+            "INSERT OR IGNORE INTO seen(jti, command, keep_until, status, reason, detail) "
+            "VALUES(?, ?, ?, ?, ?, ?)",
+            (jti, command, keep_until, status, reason, detail),
+        )
         return cursor.rowcount == 1
 
     def finish(self, jti: str, status: str, reason: str | None, detail: str | None) -> None:
-        try:
-            self.db.execute(
-                "UPDATE seen SET status = ?, reason = ?, detail = ? WHERE jti = ?",
-                (status, reason, detail, jti),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record the result of {jti}: {exc}") from exc
+        self._run(
+            "UPDATE seen SET status = ?, reason = ?, detail = ? WHERE jti = ?",
+            (status, reason, detail, jti),
+        )
 
     def prune(self, now: float) -> int:
-        return self.db.execute("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
+        """Forget jtis whose tokens have expired (they are refused as EXPIRED anyway)."""
+        return self._run("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
 
     def add_timer(self, due: float, command: str, origin: str, params: dict[str, Any]) -> None:
-        self.db.execute(
+        self._run(
             "INSERT INTO timers(due, command, origin, params) VALUES(?, ?, ?, ?)",
             (due, command, origin, json.dumps(params)),
         )
 
     def timers(self) -> list[Timer]:
-        rows = self.db.execute(
+        rows = self._run(
             "SELECT id, due, command, origin, params FROM timers ORDER BY due"
         ).fetchall()
         return [Timer(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def drop_timer(self, timer_id: int) -> None:
-        self.db.execute("DELETE FROM timers WHERE id = ?", (timer_id,))
+        self._run("DELETE FROM timers WHERE id = ?", (timer_id,))
 
     def drop_timers_of(self, command: str) -> None:
-        self.db.execute("DELETE FROM timers WHERE command = ?", (command,))
+        self._run("DELETE FROM timers WHERE command = ?", (command,))

@@ -91,6 +91,8 @@ def _check_value(name: str, spec: ParamSpec, value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadParams(f"{name} must be a number")
+    if isinstance(value, int) and abs(value) > 2**53:  # 10**400 would overflow a float
+        raise BadParams(f"{name} is out of range")
     if not math.isfinite(value):
         raise BadParams(f"{name} must be finite")
     if kind == "integer":

@@ -92,6 +92,7 @@ class _Job:
     command: ResolvedCommand
     params: dict[str, Any]
     automatic: bool = False  # an auto-stop, not a token
+    timer_id: int | None = None
 
 
 class Executor:
@@ -121,6 +122,8 @@ class Executor:
         self._bucket = _Bucket(rejections_per_s, 2 * rejections_per_s)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_SIZE)
         self._replies: dict[str, tuple[str, bytes | None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.stats = CommandStats()
 
     # --- requests (synchronous: called for each MQTT request) ---------------------------
@@ -131,22 +134,21 @@ class Executor:
                 None, "MALFORMED", f"request of {len(payload)} bytes is over {MAX_TOKEN_BYTES}"
             )
             return
-        now = self._clock()
+        command_id: str | None = None
         try:
-            command = self._verifier.verify(payload, now)
+            command = self._verifier.verify(payload, self._clock())
+            command_id = command.jti
+            self._admit(command, _reply_to(properties))
         except AuthError as exc:
             self._reject(exc.command_id, exc.reason, exc.detail)
-            return
-        reply = _reply_to(properties)
-        if reply is not None:  # MQTT 5: answer on the requester's topic too (signed only)
-            self._replies[command.jti] = reply
-        try:
-            self._admit(command)
         except StoreError as exc:
-            log.error("command_store_failed", command_id=command.jti, error=str(exc))
-            self._reject(command.jti, "BUSY", "the vehicle cannot record commands right now")
+            log.error("command_store_failed", command_id=command_id, error=str(exc))
+            self._reject(command_id, "BUSY", "the vehicle cannot record commands right now")
+        except Exception as exc:  # bad input must never end the daemon
+            log.error("command_request_failed", command_id=command_id, error=repr(exc)[:200])
+            self._reject(command_id, "MALFORMED", "the request could not be processed")
 
-    def _admit(self, command: VerifiedCommand) -> None:
+    def _admit(self, command: VerifiedCommand, reply: tuple[str, bytes | None] | None) -> None:
         jti = command.jti
         prior = self._store.seen(jti)
         if prior is not None:
@@ -171,10 +173,12 @@ class Executor:
                         reason = "PRECONDITION_FAILED"
                         detail = f"not {condition.explain(values)}"
                         break
-                if reason is None and self._queue.full():
-                    reason, detail = "BUSY", "commands are queued; try again"
+        if reason is None and self._queue.full():
+            # Not spent: the same token may be sent again once the queue has room.
+            self._reject(jti, "BUSY", "commands are queued; try again")
+            return
         if reason is not None and detail is not None:
-            # Authenticated but refused: the jti is spent, so a replay gets the same answer.
+            # Verified but refused: the jti is spent, so a replay gets the same answer.
             if self._store.claim(jti, command.command, keep_until, "rejected", reason, detail):
                 self._reject(jti, reason, detail)
             else:
@@ -184,6 +188,10 @@ class Executor:
         if not self._store.claim(jti, command.command, keep_until, "accepted"):
             self._reject(jti, "REPLAY", "already handled")
             return
+        if reply is not None:
+            # MQTT 5 response topic: honoured only for a verified, accepted command, so
+            # neither a forgery nor a replay can make the car publish anywhere else.
+            self._replies[jti] = reply
         log.info(
             "command_accepted",
             command_id=jti,
@@ -241,7 +249,14 @@ class Executor:
             tg.create_task(self._timers())
             while True:
                 job = await self._queue.get()
-                await self._execute(job)
+                self._idle.clear()
+                try:
+                    await self._execute(job)
+                finally:
+                    if job.timer_id is not None:
+                        self._drop_timer(job.timer_id)
+                    if self._queue.empty():
+                        self._idle.set()
 
     async def _execute(self, job: _Job) -> None:
         resolved, params = job.command, job.params
@@ -348,30 +363,51 @@ class Executor:
 
     def _after_success(self, job: _Job) -> None:
         resolved = job.command
-        # A stop that ran (asked for or automatic) makes pending automatic stops moot.
-        self._store.drop_timers_of(resolved.name)
-        stop = resolved.definition.auto_stop
-        if stop is not None and stop.after_param in job.params:
-            due = self._clock() + float(job.params[stop.after_param]) * 60.0
-            self._store.add_timer(due, stop.command, job.jti, {})
-            log.info(
-                "command_auto_stop_set",
-                command_id=job.jti,
-                stop=stop.command,
-                due_in_s=round(due - self._clock()),
-            )
+        try:
+            # A stop that ran (asked for or automatic) makes pending automatic stops moot.
+            self._store.drop_timers_of(resolved.name)
+            stop = resolved.definition.auto_stop
+            if stop is not None and stop.after_param in job.params:
+                due = self._clock() + float(job.params[stop.after_param]) * 60.0
+                self._store.drop_timers_of(stop.command)  # a new session restarts the countdown
+                self._store.add_timer(due, stop.command, job.jti, {})
+                log.info(
+                    "command_auto_stop_set",
+                    command_id=job.jti,
+                    stop=stop.command,
+                    due_in_s=round(due - self._clock()),
+                )
+        except StoreError as exc:
+            log.error("command_store_failed", command_id=job.jti, error=str(exc))
 
     async def _timers(self) -> None:
-        """Run automatic stops when due; they are on disk, so a restart does not lose them."""
+        """Run automatic stops when due. A timer is deleted only after its stop ran, so a
+        crash or restart in between runs it again rather than leaving climate on."""
+        pruned_at = 0.0
         while True:
             now = self._clock()
-            for timer in self._store.timers():
-                if timer.due > now:
-                    break
-                self._store.drop_timer(timer.id)
+            try:
+                if now - pruned_at > 60:
+                    self._store.prune(now)
+                    pruned_at = now
+                due = [t for t in self._store.timers() if t.due <= now]
+            except StoreError as exc:
+                log.error("command_store_failed", error=str(exc))
+                due = []
+            for timer in due:
                 resolved = self._commands.get(timer.command)
                 if resolved is None:
+                    self._drop_timer(timer.id)
                     continue
                 log.info("command_auto_stop", command=timer.command, origin=timer.origin)
-                await self._queue.put(_Job(timer.origin, resolved, timer.params, automatic=True))
+                await self._queue.put(
+                    _Job(timer.origin, resolved, timer.params, automatic=True, timer_id=timer.id)
+                )
+                await self._idle.wait()  # one at a time: the job drops its timer when done
             await asyncio.sleep(1.0)
+
+    def _drop_timer(self, timer_id: int) -> None:
+        try:
+            self._store.drop_timer(timer_id)
+        except StoreError as exc:
+            log.error("command_store_failed", error=str(exc))

@@ -55,7 +55,8 @@ class Expression:
     params: frozenset[str]
 
     def evaluate(self, values: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
-        return bool(_eval(self.tree, values, params))
+        """True only when it definitely holds; unknown signals make it not hold."""
+        return _eval(self.tree, values, params) is True
 
     def explain(self, values: Mapping[str, Any]) -> str:
         """The current values of the paths it reads, for a rejection's detail."""
@@ -183,38 +184,55 @@ def _value(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> 
     if kind == "const":
         return node[1]
     if kind == "path":
-        return values.get(node[1], _UNKNOWN)
+        value = values.get(node[1], _UNKNOWN)
+        return _UNKNOWN if value is None else value
     if kind == "param":
         return params.get(node[1], _UNKNOWN)
-    return _eval(node, values, params)
+    result = _eval(node, values, params)
+    return _UNKNOWN if result is None else result
 
 
-def _eval(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+def _eval(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> bool | None:
+    """Three-valued: True, False, or None for 'not known' (a signal not seen yet). Only a
+    definite True passes a precondition, so `not Vehicle.Speed > 5` with no speed known
+    is not known, and fails safe."""
     kind = node[0]
     if kind == "and":
-        return bool(_eval(node[1], values, params)) and bool(_eval(node[2], values, params))
+        left, right = _eval(node[1], values, params), _eval(node[2], values, params)
+        if left is False or right is False:
+            return False
+        return None if left is None or right is None else True
     if kind == "or":
-        return bool(_eval(node[1], values, params)) or bool(_eval(node[2], values, params))
+        left, right = _eval(node[1], values, params), _eval(node[2], values, params)
+        if left is True or right is True:
+            return True
+        return None if left is None or right is None else False
     if kind == "not":
-        return not _eval(node[1], values, params)
+        inner = _eval(node[1], values, params)
+        return None if inner is None else not inner
     if kind == "cmp":
         left, right = _value(node[2], values, params), _value(node[3], values, params)
         if left is _UNKNOWN or right is _UNKNOWN:
-            return False
-        if _numeric(left) and _numeric(right):
-            if (
-                node[1] in ("==", "!=")
-                and isinstance(left, float | int)
-                and isinstance(right, float | int)
-            ):
-                equal = math.isclose(left, right, rel_tol=1e-9, abs_tol=1e-6)
-                return equal if node[1] == "==" else not equal
-            return _COMPARE[node[1]](left, right)
-        if type(left) is not type(right) and node[1] not in ("==", "!="):
-            return False
-        return _COMPARE[node[1]](left, right)
+            return None
+        return _compare(node[1], left, right)
     value = _value(node, values, params)
-    return value is not _UNKNOWN and bool(value)
+    if value is _UNKNOWN:
+        return None
+    return value if isinstance(value, bool) else bool(value)
+
+
+def _compare(op: str, left: Any, right: Any) -> bool:
+    if _numeric(left) and _numeric(right):
+        if op in ("==", "!="):
+            equal = math.isclose(left, right, rel_tol=1e-9, abs_tol=1e-6)
+            return equal if op == "==" else not equal
+        return _COMPARE[op](left, right)
+    if type(left) is not type(right):  # a boolean is not the number 1, a string not a number
+        return op == "!="
+    try:
+        return _COMPARE[op](left, right)
+    except TypeError:
+        return False
 
 
 def _numeric(value: Any) -> bool:

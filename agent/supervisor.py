@@ -123,9 +123,7 @@ class Agent:
                 health=health.snapshot,
                 on_request=self._on_request,
             )
-            store = stack.enter_context(
-                CommandStore(storage.path.with_name("commands.db"), sync=storage.sync)
-            )
+            store = stack.enter_context(CommandStore(storage.path.with_name("commands.db")))
             by_bus = {r.name: r for r in receivers}
             self.executor = Executor(
                 verifier=Verifier.from_settings(settings.vehicle_id, settings.commands),

@@ -264,6 +264,17 @@ def test_rejections_have_their_reason_and_send_nothing(
             "BAD_PARAMS",
         ),
         ("cable not connected", key.token(car, "charging.start"), "PRECONDITION_FAILED"),
+        (
+            "a huge integer for iat",
+            key.token(car, "hvac.start", start, iat=0, exp=10**400),
+            "MALFORMED",
+        ),
+        ("exp before iat", key.token(car, "hvac.start", start, exp=int(now) - 10), "MALFORMED"),
+        (
+            "a huge integer parameter",
+            key.token(car, "hvac.start", {"target_temp_c": 10**400}),
+            "BAD_PARAMS",
+        ),
         ("garbage bytes", bytes(range(256)) * 4, "MALFORMED"),
         ("empty payload", b"", "MALFORMED"),
         ("1 MiB payload", b"A" * (1024 * 1024), "MALFORMED"),
@@ -281,7 +292,8 @@ def test_rejections_have_their_reason_and_send_nothing(
                 label,
                 response,
             )
-            if reason in ("MALFORMED", "BAD_SIGNATURE", "UNKNOWN_KEY"):
+            untrusted = ("garbage bytes", "empty payload", "1 MiB payload")
+            if reason in ("BAD_SIGNATURE", "UNKNOWN_KEY") or label in untrusted:
                 assert response["id"] is None or response["id"] == "hs-1", (label, response)
         time.sleep(0.5)
         assert rig.frames_sent() == before  # not one command frame for any of them

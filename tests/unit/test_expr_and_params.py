@@ -35,7 +35,10 @@ V = {
             True,
         ),
         ("Vehicle.Unknown.Path == 1", False),  # not known yet: false, never an error
-        ("not Vehicle.Unknown.Path == 1", True),
+        ("not Vehicle.Unknown.Path == 1", False),  # ... and negating it does not make it true
+        ("not Vehicle.Unknown.Path", False),
+        ("Vehicle.Unknown.Path or Vehicle.Speed == 0", True),  # or: one definite true is enough
+        ("Vehicle.Cabin.HVAC.IsAirConditioningActive == 1", False),  # a boolean is not 1
         ("Vehicle.LowVoltageSystemState > 3", False),  # no ordering across types
         ("Vehicle.Speed == $limit", True),
         ("Vehicle.Speed < -1.5e1", False),
