@@ -46,7 +46,23 @@ class ReceiverStats:
     frames: int = 0
     errors: int = 0
     reopens: int = 0
-    down_s: float = 0.0
+    outages: int = 0
+    down_s: float = 0.0  # from a failure to the first frame received again
+
+
+def kernel_filters(frame_keys: frozenset[int]) -> list[dict[str, Any]]:
+    """python-can filters for exactly these frame keys (bit 31 marks a 29-bit id)."""
+    filters = []
+    for key in sorted(frame_keys):
+        extended = bool(key & 0x8000_0000)
+        filters.append(
+            {
+                "can_id": key & 0x1FFF_FFFF,
+                "can_mask": 0x1FFF_FFFF if extended else 0x7FF,
+                "extended": extended,
+            }
+        )
+    return filters
 
 
 class _Listener(can.Listener):
@@ -68,10 +84,13 @@ class CanReceiver:
         settings: BusSettings,
         on_frame: Callable[[can.Message], None],
         *,
-        reopen_max_s: float = 30.0,
+        filters: list[dict[str, Any]] | None = None,
+        reopen_max_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self._on_frame = on_frame
+        # Kernel receive filters (SocketCAN): only mapped ids wake the process at all.
+        self._open_args: dict[str, Any] = {"can_filters": filters} if filters else {}
         self._reopen_max_s = reopen_max_s
         self._bus: can.BusABC | None = None
         self._notifier: can.Notifier | None = None
@@ -79,6 +98,7 @@ class CanReceiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure = asyncio.Event()
         self._stopped = False
+        self._down_since: float | None = None
         self.stats = ReceiverStats()
 
     @property
@@ -88,11 +108,12 @@ class CanReceiver:
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         try:
-            self._start(open_bus(self.settings))
+            self._start(open_bus(self.settings, **self._open_args))
         except AgentError as exc:
             # Not fatal: an interface may appear later (USB adapter, vcan set up after boot).
             log.error("can_bus_unavailable", bus=self.name, error=str(exc))
             self.stats.errors += 1
+            self._down_since = time.monotonic()
             self._failure.set()
         return self
 
@@ -145,11 +166,21 @@ class CanReceiver:
 
     def deliver(self, msg: can.Message) -> None:
         self.stats.frames += 1
+        if self._down_since is not None:
+            # A reopened socket may sit on a still-down interface: the outage ends with the
+            # first frame, not with the reopen.
+            outage = time.monotonic() - self._down_since
+            self._down_since = None
+            self.stats.outages += 1
+            self.stats.down_s += outage
+            log.info("can_bus_receiving", bus=self.name, outage_s=round(outage, 2))
         self._on_frame(msg)
 
     def failed(self, exc: BaseException) -> None:
         """The bus stopped working: stop reading it and let `run()` reopen it."""
         self.stats.errors += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         if not self._failure.is_set():
             log.error(
                 "can_bus_failed", bus=self.name, channel=self.settings.channel, error=str(exc)
@@ -185,7 +216,7 @@ class CanReceiver:
             while not self._stopped:
                 await asyncio.sleep(delay * random.uniform(0.75, 1.0))
                 try:
-                    bus = open_bus(self.settings)
+                    bus = open_bus(self.settings, **self._open_args)
                 except AgentError as exc:
                     delay = min(self._reopen_max_s, delay * 2)
                     log.warning(
@@ -196,12 +227,11 @@ class CanReceiver:
                     )
                     continue
                 self.stats.reopens += 1
-                self.stats.down_s += time.monotonic() - down_since
                 log.info(
                     "can_bus_reopened",
                     bus=self.name,
                     channel=self.settings.channel,
-                    down_s=round(time.monotonic() - down_since, 2),
+                    after_s=round(time.monotonic() - down_since, 2),
                 )
                 self._start(bus)
                 break

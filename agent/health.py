@@ -43,11 +43,13 @@ class Health:
     def snapshot(self) -> dict[str, Any]:
         buses: dict[str, Any] = {}
         for receiver in self._receivers:
-            stats = self._decoders[receiver.name].stats.as_dict()
+            stats: dict[str, Any] = dict(self._decoders[receiver.name].stats.as_dict())
             stats.update(
                 received=receiver.stats.frames,
                 bus_errors=receiver.stats.errors,
                 reopens=receiver.stats.reopens,
+                outages=receiver.stats.outages,
+                down_s=round(receiver.stats.down_s, 2),
             )
             buses[receiver.name] = stats
         uplink = self._uplink()

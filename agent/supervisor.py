@@ -21,7 +21,7 @@ import structlog
 
 from agent import commands
 from agent.auth import Verifier
-from agent.can_io import CanReceiver, open_bus
+from agent.can_io import CanReceiver, kernel_filters, open_bus
 from agent.command_store import CommandStore
 from agent.dbc import Vehicle
 from agent.decode import build_decoders
@@ -103,7 +103,11 @@ class Agent:
                 on_stored=lambda: self.uplink.notify() if self.uplink else None,
             )
             receivers = [
-                CanReceiver(bus.settings, pipeline.receiver_for(name))
+                CanReceiver(
+                    bus.settings,
+                    pipeline.receiver_for(name),
+                    filters=kernel_filters(decoders[name].frame_keys) or None,
+                )
                 for name, bus in self.vehicle.buses.items()
             ]
             health = Health(

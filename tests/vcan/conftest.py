@@ -1,0 +1,60 @@
+"""Fixtures for tests on real SocketCAN (vcan0 with CAN FD, vcan1 classic)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIG_DIR, DBC_DIR
+from tests.integration.brokers import Daemon
+from tests.integration.conftest import broker, broker_factory  # noqa: F401 - fixtures
+
+if not Path("/sys/class/net/vcan0").exists():  # pragma: no cover - depends on the host
+    message = "no vcan0: run tests/vcan/run.sh (it uses User-Mode Linux where needed)"
+    if os.environ.get("CI") or os.environ.get("VEHICLE_AGENT_VCAN"):
+        raise RuntimeError(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", "link", *args], check=True)
+
+
+def vcan_config(
+    port: int, folder: Path, *, extra: str = "", body_channel: str = "vcan1", trust: str = ""
+) -> str:
+    """config/vehicle.yaml on vcan0/vcan1, pointed at a test broker, fast timings."""
+    text = (CONFIG_DIR / "vehicle.yaml").read_text().replace("../dbc/", f"{DBC_DIR}/")
+    text = text.replace("path: /var/lib/vehicle-agent/outbox.db", f"path: {folder}/state/outbox.db")
+    text = text.replace("  port: 1883", f"  port: {port}")
+    text = text.replace("channel: vcan1", f"channel: {body_channel}")
+    text = text.replace("  batch_interval_ms: 1000", "  batch_interval_ms: 100")
+    text = text.replace("  state_interval_s: 10", "  state_interval_s: 1\n  health_interval_s: 1")
+    text = text.replace("  format: json", "  format: json\n  stats_interval_s: 1")
+    text = re.sub(
+        r"  trust: \[\][^\n]*\n", "  trust:\n" + trust if trust else "  trust: []\n", text
+    )
+    return text + extra
+
+
+@pytest.fixture
+def vcan_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def make(port: int, **kwargs: object) -> Daemon:
+        folder = tmp_path / f"d{len(daemons)}"
+        folder.mkdir()
+        config = folder / "agent.yaml"
+        config.write_text(vcan_config(port, folder, **kwargs))  # type: ignore[arg-type]
+        daemon = Daemon(config, folder / "agent.log")
+        daemons.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in daemons:
+        daemon.stop()
