@@ -5,10 +5,13 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs -o size=512m tmpfs /tmp
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 OUT="$VA_OUT"
 . "$OUT/env.sh"
+# Scratch space in memory, inside the output folder: not over /tmp, where the checkout itself
+# may live (CI clones anywhere).
+mkdir -p "$OUT/tmp" && mount -t tmpfs -o size=512m tmpfs "$OUT/tmp"
+export TMPDIR="$OUT/tmp"
 {
     M=/usr/lib/uml/modules/$(ls /usr/lib/uml/modules | head -1)/kernel
     for mod in net/can/can.ko net/can/can-raw.ko drivers/net/can/dev/can-dev.ko \
@@ -19,10 +22,11 @@ OUT="$VA_OUT"
     ip link add dev vcan0 type vcan && ip link set vcan0 mtu 72 && ip link set up vcan0
     ip link add dev vcan1 type vcan && ip link set up vcan1
     cd "$VA_REPO" || exit 1
-    export HOME=/tmp CI="$VA_CI" VEHICLE_AGENT_VCAN=1
+    export HOME="$OUT/tmp" CI="$VA_CI" VEHICLE_AGENT_VCAN=1
     eval "set -- $VA_PYTEST_ARGS"
     "$VA_REPO/.venv/bin/python" -m pytest tests/vcan -p no:cacheprovider "$@"
     echo $? > "$OUT/rc"
 } > "$OUT/pytest.log" 2>&1
+umount "$OUT/tmp" 2>/dev/null
 sync
 poweroff -f
