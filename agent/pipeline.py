@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +65,7 @@ class Pipeline:
         self._scratch: list[Sample] = []
         self._accepting = True
         self.stats = PipelineStats()
+        self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
 
     def receiver_for(self, bus: str) -> Callable[[FrameLike], None]:
         """The per-frame callback of one bus."""
@@ -129,3 +131,4 @@ class Pipeline:
             await asyncio.sleep(interval)
             if self._batch:
                 self.flush()
+            self.last_tick = time.monotonic()

@@ -28,6 +28,7 @@ from agent.decode import build_decoders
 from agent.errors import AgentError
 from agent.executor import Executor
 from agent.health import Health
+from agent.notify import SystemdNotifier
 from agent.outbox import Outbox, OutboxError
 from agent.pipeline import Pipeline
 from agent.signals import Sampler, policies_of
@@ -154,8 +155,12 @@ class Agent:
                 broker=f"{settings.mqtt.host}:{settings.mqtt.port}",
                 simulator=simulator is not None,
             )
+            notifier = SystemdNotifier()
+            stack.callback(notifier.close)
+            notifier.ready(self._status(receivers, pipeline))
             try:
                 async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watchdog(notifier, receivers, pipeline))
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
@@ -197,9 +202,43 @@ class Agent:
         car = SimulatedCar(self.vehicle, scenario, seed=sim_settings.seed)
         return LiveSimulator(car, buses, speedup=sim_settings.speedup)
 
+    def _status(self, receivers: list[CanReceiver], pipeline: Pipeline) -> str:
+        frames = sum(r.stats.frames for r in receivers)
+        uplink = self.uplink
+        mqtt = "connected" if uplink is not None and uplink.stats.connected else "offline"
+        return (
+            f"{frames} frames, {pipeline.stats.batches} batches, "
+            f"outbox {self._outbox.depth()}, mqtt {mqtt}"
+        )
+
+    async def _watchdog(
+        self, notifier: SystemdNotifier, receivers: list[CanReceiver], pipeline: Pipeline
+    ) -> None:
+        """WATCHDOG=1 only while the pipeline's batch timer keeps ticking: a stalled loop,
+        or a pipeline that stopped, stops the pings and systemd restarts the service."""
+        interval = notifier.watchdog_interval_s
+        if not notifier.enabled:
+            return
+        period = interval if interval is not None else 10.0
+        allowed = max(3 * self.settings.telemetry.batch_interval_ms / 1000.0, 2 * period)
+        while True:
+            await asyncio.sleep(period)
+            status = self._status(receivers, pipeline)
+            if time.monotonic() - pipeline.last_tick > allowed:
+                log.error(
+                    "watchdog_withheld",
+                    since_tick_s=round(time.monotonic() - pipeline.last_tick, 1),
+                )
+                continue
+            if interval is not None:
+                notifier.watchdog(status)
+            else:
+                notifier.send(f"STATUS={status}")
+
     async def _stop_when_asked(self, receivers: list[CanReceiver], pipeline: Pipeline) -> None:
         await self.stop_requested.wait()
         started = time.monotonic()
+        SystemdNotifier().stopping()
         for receiver in receivers:
             receiver.stop()
         pipeline.stop_accepting()
