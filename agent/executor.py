@@ -126,6 +126,15 @@ class Executor:
         self._idle.set()
         self.stats = CommandStats()
 
+    def reload(
+        self, *, verifier: Verifier, commands: dict[str, ResolvedCommand], rejections_per_s: float
+    ) -> None:
+        """New keys and definitions for the next request; commands in flight finish as they
+        started."""
+        self._verifier = verifier
+        self._commands = commands
+        self._bucket = _Bucket(rejections_per_s, 2 * rejections_per_s)
+
     # --- requests (synchronous: called for each MQTT request) ---------------------------
     def on_request(self, payload: bytes, properties: Any = None) -> None:
         self.stats.requests += 1

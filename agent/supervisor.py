@@ -25,7 +25,7 @@ from agent.can_io import CanReceiver, kernel_filters, open_bus
 from agent.command_store import CommandStore
 from agent.dbc import Vehicle
 from agent.decode import build_decoders
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.executor import Executor
 from agent.health import Health
 from agent.notify import SystemdNotifier
@@ -45,6 +45,16 @@ class _Shutdown(Exception):
     """Raised inside the TaskGroup once the orderly stop is done, to end the other tasks."""
 
 
+_POLICY_KEYS = {"on_change", "deadband", "min_interval_ms", "max_interval_s"}
+
+
+def _load_for_reload(path: str) -> tuple[Vehicle, dict[str, commands.ResolvedCommand]]:
+    from agent import config, dbc
+
+    vehicle = dbc.load_vehicle(config.load(path))
+    return vehicle, commands.resolve(vehicle)
+
+
 class Agent:
     """The running daemon."""
 
@@ -54,6 +64,7 @@ class Agent:
         self.settings = vehicle.loaded.settings
         self.boot_id = str(uuid.uuid4())
         self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
         self.uplink: Uplink | None = None
         self.executor: Executor | None = None
         self._signals = 0
@@ -80,6 +91,8 @@ class Agent:
     async def run(self) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
@@ -161,6 +174,7 @@ class Agent:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watchdog(notifier, receivers, pipeline))
+                    tg.create_task(self._reloader())
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
@@ -234,6 +248,52 @@ class Agent:
                 notifier.watchdog(status)
             else:
                 notifier.send(f"STATUS={status}")
+
+    async def _reloader(self) -> None:
+        """SIGHUP: read the configuration again and apply what can change while running
+        (trusted keys, command definitions, signal policies). Buses, decoders and batches
+        are untouched, so no frame and no buffered sample is lost. A configuration with
+        problems is refused as a whole: the old one keeps running."""
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            path = self.vehicle.loaded.file
+            try:
+                vehicle, resolved = await asyncio.to_thread(_load_for_reload, path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("config_reload_problem", problem=str(problem))
+                log.error(
+                    "config_reload_failed",
+                    path=path,
+                    problems=len(exc.problems),
+                    action="kept the running configuration",
+                )
+                continue
+            new = vehicle.loaded.settings
+            restart_for = [
+                name
+                for name in ("vehicle_id", "can", "mqtt", "storage", "telemetry")
+                if getattr(new, name) != getattr(self.settings, name)
+            ]
+            if [s.model_dump(exclude=_POLICY_KEYS) for s in new.signals] != [
+                s.model_dump(exclude=_POLICY_KEYS) for s in self.settings.signals
+            ]:
+                restart_for.append("signals (mappings)")
+            self._sampler.update_policies(policies_of(new.signals))
+            assert self.executor is not None
+            self.executor.reload(
+                verifier=Verifier.from_settings(self.settings.vehicle_id, new.commands),
+                commands=resolved,
+                rejections_per_s=new.commands.rejections_per_s,
+            )
+            log.info(
+                "config_reloaded",
+                path=path,
+                trusted_keys=len(new.commands.trust),
+                commands=len(resolved),
+                needs_restart_for=restart_for,
+            )
 
     async def _stop_when_asked(self, receivers: list[CanReceiver], pipeline: Pipeline) -> None:
         await self.stop_requested.wait()
