@@ -224,3 +224,19 @@ def test_a_command_to_a_down_interface_fails_clearly(
     sub.close()
     assert final["status"] == "failed"
     assert "TCU_ClimateRequest" in final["detail"] and "body" in final["detail"]
+
+
+def test_error_frames_are_counted(broker: Broker, vcan_daemon: Callable[..., Daemon]) -> None:
+    """An error frame on the bus (here written with cansend's error flag) is counted, never
+    decoded and never fatal."""
+    daemon = vcan_daemon(broker.port)
+    sub = Subscriber(broker.port)
+    with running(daemon):
+        daemon.wait_event("mqtt_connected")
+        for _ in range(3):
+            cansend("vcan0", "20000004#0000000000000000")  # CAN_ERR_FLAG | CAN_ERR_CRTL
+        health = _health(sub, lambda h: h["buses"]["powertrain"]["error_frames"] >= 3)
+        assert daemon.alive()
+    sub.close()
+    assert health["buses"]["powertrain"]["error_frames"] == 3
+    assert health["buses"]["powertrain"]["decoded"] == 0
