@@ -133,6 +133,37 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK if final.get("status") == "succeeded" else EXIT_FAIL
 
 
+def cmd_plan_charge(args: argparse.Namespace) -> int:
+    import json
+
+    from pydantic import ValidationError
+
+    from agent.charging import Problem, plan
+    from agent.errors import Problem as ConfigProblem
+
+    name = args.input
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError([ConfigProblem(name, 1, "(file)", f"cannot read JSON: {exc}")]) from exc
+    try:
+        problem = Problem.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem(
+                name,
+                1,
+                ".".join(str(p) for p in err["loc"]) or "(document)",
+                str(err["msg"]).removeprefix("Value error, "),
+            )
+            for err in exc.errors()
+        ]
+        raise ConfigError(problems) from exc
+    print(json.dumps(plan(problem).to_json(), indent=2))
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from agent import logs
     from agent.sim.runner import LiveSimulator, SimulatedCar, record
@@ -253,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-c", "--config", required=True, metavar="FILE")
     sub.add_argument("token", metavar="TOKEN", help="the token, - for stdin, or @FILE")
     sub.add_argument("--timeout", type=_positive, default=30, metavar="S")
+
+    sub = verb(
+        "plan-charge",
+        cmd_plan_charge,
+        "The smart-charging planner offline: read a JSON problem, print the JSON plan.",
+    )
+    sub.add_argument("--input", required=True, metavar="FILE", help="a JSON file, or -")
 
     sub = verb(
         "check-config",
