@@ -157,6 +157,15 @@ def resolve(vehicle: Vehicle) -> dict[str, ResolvedCommand]:
             message,
             bus,
         )
+    for index, alert in enumerate(loaded.settings.alerts):
+        for key in ("raise_when", "clear_when"):
+            text = getattr(alert, key)
+            if text is None:
+                continue
+            for path in sorted(parse(text).paths - mapped_paths):
+                problems.append(
+                    loaded.problem(("alerts", index, key), f"{path} is not a mapped signal path")
+                )
     if problems:
         raise ConfigError(problems)
     return resolved

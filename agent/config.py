@@ -312,6 +312,14 @@ class SimulatorSettings(_Model):
     seed: int = 0
 
 
+class AlertSettings(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+    raise_when: Condition
+    clear_when: Condition | None = None  # default: once raise_when is definitely false
+    for_s: Annotated[float, Field(ge=0, le=86_400)] = 0
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] | None = None
@@ -327,6 +335,7 @@ class Settings(_Model):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    alerts: list[AlertSettings] = Field(default_factory=list)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @property
@@ -393,6 +402,7 @@ def _duplicates(loaded: Loaded) -> list[Problem]:
         ("can.buses", "name", [b.name for b in s.can.buses]),
         ("commands.trust", "kid", [k.kid for k in s.commands.trust]),
         ("signals", "path", [m.path for m in s.signals]),
+        ("alerts", "name", [a.name for a in s.alerts]),
     ]
     problems = []
     for section, key, values in groups:

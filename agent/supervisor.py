@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from agent import commands
+from agent.alerts import AlertEngine
 from agent.auth import Verifier
 from agent.can_io import CanReceiver, kernel_filters, open_bus
 from agent.command_store import CommandStore
@@ -65,6 +66,7 @@ class Agent:
         self.boot_id = str(uuid.uuid4())
         self.stop_requested = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self.alerts = AlertEngine.from_settings(self.settings.alerts)
         self.uplink: Uplink | None = None
         self.executor: Executor | None = None
         self._signals = 0
@@ -77,7 +79,11 @@ class Agent:
         latest = self._sampler.latest
         if not latest:
             return None
-        return {"ts": round(time.time(), 3), "values": {p: s.value for p, s in latest.items()}}
+        return {
+            "ts": round(time.time(), 3),
+            "values": {p: s.value for p, s in latest.items()},
+            "alerts": self.alerts.active,
+        }
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -175,6 +181,7 @@ class Agent:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watchdog(notifier, receivers, pipeline))
                     tg.create_task(self._reloader())
+                    tg.create_task(self._watch_alerts())
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
@@ -249,6 +256,32 @@ class Agent:
             else:
                 notifier.send(f"STATUS={status}")
 
+    async def _watch_alerts(self) -> None:
+        """Evaluate the alert rules every second; raised and cleared alerts become events."""
+        while True:
+            await asyncio.sleep(1.0)
+            values = {p: s.value for p, s in self._sampler.latest.items()}
+            for change in self.alerts.evaluate(values, time.monotonic()):
+                log.warning(
+                    "alert",
+                    name=change.name,
+                    state=change.state,
+                    severity=change.severity,
+                    values=change.values,
+                )
+                self._outbox.append_event(
+                    "alert",
+                    change.name,
+                    {
+                        "state": change.state,
+                        "severity": change.severity,
+                        "values": change.values,
+                    },
+                )
+                if self.uplink is not None:
+                    self.uplink.notify()
+                    self.uplink.request_state()  # the active set is part of P/state
+
     async def _reloader(self) -> None:
         """SIGHUP: read the configuration again and apply what can change while running
         (trusted keys, command definitions, signal policies). Buses, decoders and batches
@@ -281,6 +314,7 @@ class Agent:
             ]:
                 restart_for.append("signals (mappings)")
             self._sampler.update_policies(policies_of(new.signals))
+            self.alerts.replace_rules(AlertEngine.from_settings(new.alerts))
             assert self.executor is not None
             self.executor.reload(
                 verifier=Verifier.from_settings(self.settings.vehicle_id, new.commands),
