@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS seen (
     reason TEXT,
     detail TEXT
 );
+CREATE TABLE IF NOT EXISTS schedule (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     due REAL NOT NULL,
@@ -145,3 +149,14 @@ class CommandStore:
 
     def drop_timers_of(self, command: str) -> None:
         self._run("DELETE FROM timers WHERE command = ?", (command,))
+
+    def save_schedule(self, body: str | None) -> None:
+        """The charging schedule being run (one at a time), or None when there is none."""
+        if body is None:
+            self._run("DELETE FROM schedule")
+        else:
+            self._run("INSERT OR REPLACE INTO schedule(id, body) VALUES(1, ?)", (body,))
+
+    def load_schedule(self) -> str | None:
+        row = self._run("SELECT body FROM schedule WHERE id = 1").fetchone()
+        return str(row[0]) if row else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cantools.database.can import Message, Signal
@@ -79,6 +80,28 @@ def _idle_value(signal: Signal) -> Any:
 
 def _check_value(name: str, spec: ParamSpec, value: Any) -> Any:
     kind = spec.type
+    if kind == "datetime":
+        if not isinstance(value, str):
+            raise BadParams(f"{name} must be an ISO 8601 time")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadParams(f"{name} must be an ISO 8601 time") from None
+        if moment.tzinfo is None:
+            raise BadParams(f"{name} needs a time zone")
+        return value
+    if kind == "tariff":
+        from pydantic import TypeAdapter, ValidationError
+
+        from agent.charging import TariffInterval, check_tariff
+
+        try:
+            intervals = TypeAdapter(list[TariffInterval]).validate_python(value)
+            check_tariff(intervals)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BadParams(f"{name}: {first}") from None
+        return value
     if kind == "boolean":
         if not isinstance(value, bool):
             raise BadParams(f"{name} must be true or false")

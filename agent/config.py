@@ -235,7 +235,7 @@ class TrustedKey(_Model):
 
 
 class ParamSpec(_Model):
-    type: Literal["number", "integer", "boolean", "string"]
+    type: Literal["number", "integer", "boolean", "string", "datetime", "tariff"]
     min: Annotated[float, Field(allow_inf_nan=False)] | None = None
     max: Annotated[float, Field(allow_inf_nan=False)] | None = None
     choices: list[str] | None = None
@@ -278,7 +278,7 @@ class CommandDefinition(_Model):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     preconditions: list[Condition] = Field(default_factory=list)
     action: ActionSpec | None = None
-    builtin: Literal["state.snapshot"] | None = None
+    builtin: Literal["state.snapshot", "charging.schedule"] | None = None
     feedback: FeedbackSpec | None = None
     auto_stop: AutoStopSpec | None = None
 
@@ -320,6 +320,15 @@ class AlertSettings(_Model):
     severity: Literal["info", "warning", "critical"] = "warning"
 
 
+class ChargingSettings(_Model):
+    """The car's charging figures, for the planner behind `charging.schedule`."""
+
+    capacity_kwh: Annotated[float, Field(gt=0, le=1000)] = 75.0
+    max_power_kw: Annotated[float, Field(gt=0, le=1000)] = 11.0
+    efficiency: Annotated[float, Field(gt=0, le=1)] = 0.92
+    replan_drift_pct: Annotated[float, Field(gt=0, le=50)] = 3.0
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] | None = None
@@ -336,6 +345,7 @@ class Settings(_Model):
     commands: CommandSettings = Field(default_factory=CommandSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     alerts: list[AlertSettings] = Field(default_factory=list)
+    charging: ChargingSettings = Field(default_factory=ChargingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @property

@@ -109,7 +109,9 @@ class Executor:
         request_state: Callable[[], None],
         rejections_per_s: float = 20.0,
         clock: Callable[[], float] = time.time,
+        schedule: Callable[[dict[str, Any]], tuple[str, str | None]] | None = None,
     ) -> None:
+        self.schedule = schedule  # charging.schedule's handler (the schedule runner)
         self._verifier = verifier
         self._commands = commands
         self._store = store
@@ -273,6 +275,11 @@ class Executor:
         status, reason, detail = "succeeded", None, None
         if definition.builtin == "state.snapshot":
             self._request_state()
+        elif definition.builtin == "charging.schedule":
+            if self.schedule is None:
+                status, detail = "failed", "charge scheduling is not available"
+            else:
+                status, detail = self.schedule(params)
         else:
             status, detail = await self._send_frames(resolved, params)
             if status == "succeeded" and resolved.feedback is not None:
@@ -333,6 +340,15 @@ class Executor:
             if attempt + 1 < action.repeat:
                 await asyncio.sleep(action.interval_ms / 1000.0)
         return "succeeded", None
+
+    async def charge(self, on: bool) -> str | None:
+        """Send charging.start or charging.stop's frames (for the schedule runner, which
+        watches the outcome itself); the error detail, or None."""
+        resolved = self._commands.get("charging.start" if on else "charging.stop")
+        if resolved is None or resolved.definition.action is None:
+            return "charging.start/charging.stop are not defined for this car"
+        status, detail = await self._send_frames(resolved, {})
+        return None if status == "succeeded" else detail
 
     @staticmethod
     def _as_sent(resolved: ResolvedCommand, params: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from agent.health import Health
 from agent.notify import SystemdNotifier
 from agent.outbox import Outbox, OutboxError
 from agent.pipeline import Pipeline
+from agent.schedule import ScheduleRunner
 from agent.signals import Sampler, policies_of
 from agent.sim.scenario import Scenario
 from agent.uplink import Uplink
@@ -160,6 +161,14 @@ class Agent:
                 request_state=self.uplink.request_state,
                 rejections_per_s=settings.commands.rejections_per_s,
             )
+            self.schedule = ScheduleRunner(
+                settings=settings.charging,
+                store=store,
+                values=lambda: {p: s.value for p, s in self._sampler.latest.items()},
+                charge=self.executor.charge,
+                event=self._charging_event,
+            )
+            self.executor.schedule = self.schedule.accept
             for receiver in receivers:
                 await stack.enter_async_context(receiver)
             simulator = self._simulator(stack)
@@ -182,6 +191,7 @@ class Agent:
                     tg.create_task(self._watchdog(notifier, receivers, pipeline))
                     tg.create_task(self._reloader())
                     tg.create_task(self._watch_alerts())
+                    tg.create_task(self.schedule.run())
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
@@ -255,6 +265,12 @@ class Agent:
                 notifier.watchdog(status)
             else:
                 notifier.send(f"STATUS={status}")
+
+    def _charging_event(self, name: str, data: dict[str, Any]) -> None:
+        log.info("charging_event", name=name, **{k: v for k, v in data.items() if k != "slots"})
+        self._outbox.append_event("charging", name, data)
+        if self.uplink is not None:
+            self.uplink.notify()
 
     async def _watch_alerts(self) -> None:
         """Evaluate the alert rules every second; raised and cleared alerts become events."""
