@@ -76,12 +76,16 @@ def rig_factory(
     made: list[Rig] = []
 
     def make(
-        scenario: str = "parked", trust: str = "", name: str = "rig", simulator: bool = True
+        scenario: str = "parked",
+        trust: str = "",
+        name: str = "rig",
+        simulator: bool = True,
+        speedup: float = 1.0,
     ) -> tuple[Rig, Callable[[], Any]]:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
         key = Key("fleet-app")
-        text = daemon_config(broker.port, folder, scenario=scenario)
+        text = daemon_config(broker.port, folder, scenario=scenario, speedup=speedup)
         text = re.sub(r"  trust: \[\][^\n]*\n", "  trust:\n" + trust_entry(key) + trust, text)
         if not simulator:  # the car runs apart from the agent and outlives its restarts
             text = text.replace("simulator:\n  enabled: true", "simulator:\n  enabled: false")
@@ -414,3 +418,64 @@ def test_mqtt5_response_topic_and_correlation_data(
         ("backend/replies/phone-7", "accepted", b"corr-42"),
         ("backend/replies/phone-7", "succeeded", b"corr-42"),
     ]
+
+
+def _charging_events(rig: Rig) -> list[dict[str, Any]]:
+    return [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
+
+
+def test_charging_schedule_charges_only_in_the_cheap_window(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+) -> None:
+    """A schedule whose cheap window starts 15 s from now: the charger waits, charges in the
+    window, and the target is reached by departure; the events come in order."""
+    from datetime import UTC, datetime, timedelta
+
+    rig, running = rig_factory(scenario="plugged_in", speedup=30.0)
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        time.sleep(1.0)
+        # The car arrives charging: stop it so the state of charge holds still, then read it
+        # exactly from a fresh P/state.
+        assert _run(rig, rig.key.token(rig.vehicle, "charging.stop"))["status"] == "succeeded"
+        count = len(rig.sub.on("state"))
+        assert _run(rig, rig.key.token(rig.vehicle, "state.snapshot"))["status"] == "succeeded"
+        wait_until(lambda: len(rig.sub.on("state")) > count, 5, "a fresh state")
+        soc = rig.sub.on("state")[-1].json()["values"][
+            "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+        ]
+        start = datetime.now(UTC)
+
+        def at(seconds: float) -> str:
+            return (start + timedelta(seconds=seconds)).isoformat()
+
+        tariff = [
+            {"start": at(0), "end": at(15), "price": 0.5},
+            {"start": at(15), "end": at(90), "price": 0.1},
+            {"start": at(90), "end": at(150), "price": 0.5},
+        ]
+        params = {"departure": at(150), "target_soc_pct": min(100.0, soc + 0.2), "tariff": tariff}
+        result = _run(rig, rig.key.token(rig.vehicle, "charging.schedule", params))
+        assert result["status"] == "succeeded", result
+        wait_until(
+            lambda: any(e["name"] == "target_reached" for e in _charging_events(rig)),
+            120,
+            "target_reached",
+        )
+    events = _charging_events(rig)
+    assert [e["name"] for e in events] == ["plan_accepted", "slot_started", "target_reached"]
+    plan = events[0]["data"]
+    assert plan["feasible"] is True
+    (slot,) = plan["slots"]
+    slot_start = datetime.fromisoformat(slot["start"])
+    assert slot_start >= start + timedelta(seconds=15)  # inside the cheap window
+    # The car's own charge state over time: idle from the plan until the slot, then charging.
+    states = [
+        (m.timestamp, str(OBC.decode(bytes(m.data))["OBC_ChargeState"]))
+        for m in list(rig.spy.frames)
+        if m.arbitration_id == OBC.frame_id
+    ]
+    before = [s for t, s in states if start.timestamp() + 2 < t < slot_start.timestamp() - 1]
+    during = [s for t, s in states if t >= slot_start.timestamp()]
+    assert before and set(before) == {"IDLE"}
+    assert "CHARGING" in during
