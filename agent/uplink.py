@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
 from agent.aio import wait_event
-from agent.config import Settings
+from agent.config import MqttSettings, Settings
 from agent.outbox import Outbox
 
 log = structlog.get_logger("agent.uplink")
@@ -123,6 +123,24 @@ class Backoff:
 RequestHandler = Callable[[bytes, Any], None]
 
 
+def _tls_context(mqtt: MqttSettings) -> ssl.SSLContext | None:
+    """TLS with the configured CA (or the system's), and a client certificate for mutual TLS."""
+    tls = mqtt.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    if tls.cert is not None and tls.key is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
+def _password(mqtt: MqttSettings) -> str | None:
+    """Read at each connect, so a rotated password file needs no restart."""
+    if mqtt.password_file is None:
+        return None
+    return mqtt.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+
+
 def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
@@ -189,21 +207,6 @@ class Uplink:
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        tls = self._mqtt.tls
-        if tls is None:
-            return None
-        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
-        if tls.cert is not None and tls.key is not None:
-            context.load_cert_chain(str(tls.cert), str(tls.key))
-        return context
-
-    def _password(self) -> str | None:
-        path = self._mqtt.password_file
-        if path is None:
-            return None
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-
     def _client(self) -> _Client:
         m = self._mqtt
         will = aiomqtt.Will(self.topic("status"), self._status(False), qos=1, retain=True)
@@ -220,10 +223,10 @@ class Uplink:
             m.port,
             identifier=self._settings.vehicle_id,
             username=m.username,
-            password=self._password(),
+            password=_password(m),
             will=will,
             keepalive=m.keepalive_s,
-            tls_context=self._tls_context(),
+            tls_context=_tls_context(m),
             timeout=10.0,
             max_inflight_messages=self._window,
             logger=logger,
@@ -486,13 +489,6 @@ async def send_token(
     `on_response` until a final one (returned), or None after `timeout_s`."""
     m = settings.mqtt
     prefix = settings.topic_prefix
-    tls = m.tls
-    context = None
-    if tls is not None:
-        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
-        if tls.cert is not None and tls.key is not None:
-            context.load_cert_chain(str(tls.cert), str(tls.key))
-    password = m.password_file.read_text().rstrip("\r\n") if m.password_file else None
     protocol = aiomqtt.ProtocolVersion.V5 if m.protocol == "5" else aiomqtt.ProtocolVersion.V311
     identifier = f"{settings.vehicle_id}-send-{random.randrange(1 << 32):08x}"
     final: dict[str, Any] | None = None
@@ -501,8 +497,8 @@ async def send_token(
         m.port,
         identifier=identifier,
         username=m.username,
-        password=password,
-        tls_context=context,
+        password=_password(m),
+        tls_context=_tls_context(m),
         protocol=protocol,
         timeout=10.0,
     ) as client:

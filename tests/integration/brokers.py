@@ -252,3 +252,25 @@ def running(daemon: Daemon) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@contextlib.contextmanager
+def daemons(tmp_path: Path, config_text: Callable[..., str]) -> Iterator[Callable[..., Daemon]]:
+    """A factory of daemons, each with its own folder and config (from `config_text(port,
+    folder, **kwargs)`); every one still running is stopped at the end."""
+    made: list[Daemon] = []
+
+    def make(port: int, **kwargs: object) -> Daemon:
+        folder = tmp_path / f"d{len(made)}"
+        folder.mkdir()
+        config = folder / "agent.yaml"
+        config.write_text(config_text(port, folder, **kwargs))
+        daemon = Daemon(config, folder / "agent.log")
+        made.append(daemon)
+        return daemon
+
+    try:
+        yield make
+    finally:
+        for daemon in made:
+            daemon.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import demo_text
-from tests.integration.brokers import Broker, Daemon
+from tests.integration.brokers import Broker, Daemon, daemons
 
 
 @pytest.fixture
@@ -72,17 +72,5 @@ def daemon_config(
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(port: int, **kwargs: object) -> Daemon:
-        folder = tmp_path / f"d{len(daemons)}"
-        folder.mkdir()
-        config = folder / "agent.yaml"
-        config.write_text(daemon_config(port, folder, **kwargs))  # type: ignore[arg-type]
-        daemon = Daemon(config, folder / "agent.log")
-        daemons.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in daemons:
-        daemon.stop()
+    with daemons(tmp_path, daemon_config) as make:
+        yield make

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CONFIG_DIR, DBC_DIR
-from tests.integration.brokers import Daemon
+from tests.integration.brokers import Daemon, daemons
 from tests.integration.conftest import broker, broker_factory  # noqa: F401 - fixtures
 
 if not Path("/sys/class/net/vcan0").exists():  # pragma: no cover - depends on the host
@@ -44,17 +44,5 @@ def vcan_config(
 
 @pytest.fixture
 def vcan_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def make(port: int, **kwargs: object) -> Daemon:
-        folder = tmp_path / f"d{len(daemons)}"
-        folder.mkdir()
-        config = folder / "agent.yaml"
-        config.write_text(vcan_config(port, folder, **kwargs))  # type: ignore[arg-type]
-        daemon = Daemon(config, folder / "agent.log")
-        daemons.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in daemons:
-        daemon.stop()
+    with daemons(tmp_path, vcan_config) as make:
+        yield make
