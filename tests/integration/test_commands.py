@@ -479,3 +479,72 @@ def test_charging_schedule_charges_only_in_the_cheap_window(
     during = [s for t, s in states if t >= slot_start.timestamp()]
     assert before and set(before) == {"IDLE"}
     assert "CHARGING" in during
+
+
+def test_charging_schedule_replans_on_unplug_and_resumes_after_restart(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]], tmp_path: Path
+) -> None:
+    """The car (a separate simulator, 10x) is unplugged and plugged back mid-plan, then the
+    agent restarts: a re-plan event, a new plan on plugging in, and the plan resumed."""
+    from datetime import UTC, datetime, timedelta
+
+    scenario = tmp_path / "unplug.yaml"
+    scenario.write_text(
+        "mode: plugged_in\n"
+        "events:\n"
+        "  - {at_s: 150, set: {cable: DISCONNECTED, charge_state: IDLE}}\n"
+        "  - {at_s: 220, set: {cable: CONNECTED}}\n"
+    )
+    rig, running = rig_factory(scenario="plugged_in", simulator=False, speedup=10.0)
+    car = threading.Thread(
+        target=cli.main,
+        args=(
+            [
+                "simulate",
+                "-c",
+                str(rig.config),
+                "--scenario",
+                str(scenario),
+                "--speedup",
+                "10",
+                "--duration",
+                "600",
+            ],
+        ),
+        daemon=True,
+    )
+    car.start()
+    start = datetime.now(UTC)
+
+    def at(seconds: float) -> str:
+        return (start + timedelta(seconds=seconds)).isoformat()
+
+    params = {
+        "departure": at(300),
+        "target_soc_pct": 99.0,
+        "tariff": [{"start": at(0), "end": at(300), "price": 0.2}],
+    }
+
+    def names() -> list[str]:
+        return [e["name"] for e in _charging_events(rig)]
+
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        time.sleep(1.0)
+        result = _run(rig, rig.key.token(rig.vehicle, "charging.schedule", params, ttl=300))
+        assert result["status"] == "succeeded", result
+        wait_until(lambda: "replan" in names(), 30, "the re-plan on unplugging")
+        wait_until(lambda: names().count("slot_started") >= 2, 30, "charging again")
+    with running():
+        wait_until(lambda: names().count("slot_started") >= 3, 30, "resumed after restart")
+    events = _charging_events(rig)
+    reasons = [(e["name"], e["data"].get("reason")) for e in events]
+    assert reasons[:6] == [
+        ("plan_accepted", "new_schedule"),
+        ("slot_started", None),
+        ("replan", "cable_disconnected"),
+        ("plan_accepted", "cable_connected"),
+        ("slot_started", None),
+        ("plan_accepted", "resumed_after_restart"),
+    ]
+    assert reasons[6] == ("slot_started", None)
