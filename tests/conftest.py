@@ -48,3 +48,20 @@ def channel_tag() -> str:
 @pytest.fixture
 def demo_vehicle(write_config: Callable[[str], Path], channel_tag: str) -> dbc.Vehicle:
     return dbc.load_vehicle(config.load(write_config(demo_text(channel_tag))))
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report() -> Callable[[str], None]:
+    """Record a measured figure (fault test, cap test, flood test) for the run's summary, so
+    it shows in CI output even when the test passes quietly."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -24,7 +24,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-def test_flood_of_invalid_tokens(broker: Broker, make_daemon: Callable[..., Daemon]) -> None:
+def test_flood_of_invalid_tokens(
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
+) -> None:
     key = Key("fleet-app")
     daemon = make_daemon(broker.port, scenario="driving")
     text = daemon.config.read_text()
@@ -70,8 +72,8 @@ def test_flood_of_invalid_tokens(broker: Broker, make_daemon: Callable[..., Daem
     sub.close()
     rejections = [m.json() for m in sub.on("commands/response") if m.json()["status"] == "rejected"]
     commands = health["commands"]
-    print(
-        f"\nflood test: 2000 forged tokens in {burst_s:.2f} s; daemon CPU during the burst "
+    report(
+        f"flood test: 2000 forged tokens in {burst_s:.2f} s; daemon CPU during the burst "
         f"{cpu:.2f} s ({cpu / 2001 * 1e6:.0f} µs per request); {len(rejections)} rejections "
         f"answered, {commands['suppressed']} suppressed by the rate limit; telemetry seq "
         f"{seq_before} -> {seq_after}"

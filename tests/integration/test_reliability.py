@@ -42,7 +42,9 @@ def _telemetry_seqs(sub: Subscriber) -> list[int]:
 
 
 def test_fault_broker_restarts_and_sigkills_lose_nothing(
-    broker_factory: Callable[..., Broker], make_daemon: Callable[..., Daemon]
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    report: Callable[[str], None],
 ) -> None:
     """10 broker stops and starts, 3 SIGKILLs of the daemon: every seq arrives, no gap."""
     rng = random.Random(7)
@@ -87,8 +89,8 @@ def test_fault_broker_restarts_and_sigkills_lose_nothing(
     seqs = _telemetry_seqs(backend)
     missing = sorted(set(range(1, last + 1)) - set(seqs))
     duplicates = len(seqs) - len(set(seqs))
-    print(
-        f"\nfault test: {len(seqs)} telemetry messages received, seq 1..{last}, "
+    report(
+        f"fault test: {len(seqs)} telemetry messages received, seq 1..{last}, "
         f"{duplicates} duplicates, {broker.starts - 1} broker restarts, {kills} SIGKILLs, "
         f"longest outage {max(outages):.2f} s, missing {missing}"
     )
@@ -98,7 +100,9 @@ def test_fault_broker_restarts_and_sigkills_lose_nothing(
 
 
 def test_cap_holds_and_drop_counters_are_exact(
-    broker_factory: Callable[..., Broker], make_daemon: Callable[..., Daemon]
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    report: Callable[[str], None],
 ) -> None:
     """Broker down, a 0.25 MB outbox and a heavy stream: the file stays under the cap, the
     oldest telemetry is dropped and counted exactly, and the storage event survives."""
@@ -162,8 +166,8 @@ def test_cap_holds_and_drop_counters_are_exact(
     assert health.json()["dropped"]["dropped_telemetry"] >= dropped
     storage = [m.json() for m in backend.on("events") if m.json()["type"] == "storage"]
     assert storage[0]["name"] == "dropping_started"
-    print(
-        f"\ncap test: cap {cap} B, peak {max(peak, size)} B, dropped {dropped} oldest "
+    report(
+        f"cap test: cap {cap} B, peak {max(peak, size)} B, dropped {dropped} oldest "
         f"telemetry messages of {last}, kept and delivered {len(received)}"
     )
 

@@ -123,7 +123,7 @@ def test_unit_verifies(unit: Path) -> None:
     assert result.stderr.strip() == "", result.stderr
 
 
-def test_unit_exposure_is_ok(unit: Path) -> None:
+def test_unit_exposure_is_ok(unit: Path, report: Callable[[str], None]) -> None:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit)],
         capture_output=True,
@@ -132,5 +132,5 @@ def test_unit_exposure_is_ok(unit: Path) -> None:
     )
     match = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", result.stdout)
     assert match, result.stdout + result.stderr
-    print(f"\nsystemd-analyze security: {match[1]} {match[2]}")
+    report(f"systemd-analyze security: {match[1]} {match[2]}")
     assert float(match[1]) <= 2.0 and match[2] == "OK"
