@@ -180,6 +180,11 @@ def resolve(vehicle: Vehicle) -> dict[str, ResolvedCommand]:
             message,
             bus,
         )
+    for index, ecu in enumerate(loaded.settings.diagnostics.ecus):
+        if ecu.bus not in vehicle.buses:
+            problems.append(
+                loaded.problem(("diagnostics", "ecus", index, "bus"), f"unknown bus {ecu.bus!r}")
+            )
     for index, alert in enumerate(loaded.settings.alerts):
         for key in ("raise_when", "clear_when"):
             text = getattr(alert, key)

@@ -278,7 +278,7 @@ class CommandDefinition(_Model):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     preconditions: list[Condition] = Field(default_factory=list)
     action: ActionSpec | None = None
-    builtin: Literal["state.snapshot", "charging.schedule"] | None = None
+    builtin: Literal["state.snapshot", "charging.schedule", "diagnostics.read_dtcs"] | None = None
     feedback: FeedbackSpec | None = None
     auto_stop: AutoStopSpec | None = None
 
@@ -329,6 +329,21 @@ class ChargingSettings(_Model):
     replan_drift_pct: Annotated[float, Field(gt=0, le=50)] = 3.0
 
 
+class EcuSettings(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    bus: str
+    request_id: Annotated[int, Field(ge=0, le=0x7FF)]  # 11-bit physical addressing
+    response_id: Annotated[int, Field(ge=0, le=0x7FF)]
+
+
+class DiagnosticsSettings(_Model):
+    """ECUs read by `diagnostics.read_dtcs` (UDS ReadDTCInformation over ISO-TP)."""
+
+    ecus: list[EcuSettings] = Field(default_factory=list)
+    status_mask: Annotated[int, Field(ge=1, le=0xFF)] = 0xFF
+    timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] | None = None
@@ -346,6 +361,7 @@ class Settings(_Model):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     alerts: list[AlertSettings] = Field(default_factory=list)
     charging: ChargingSettings = Field(default_factory=ChargingSettings)
+    diagnostics: DiagnosticsSettings = Field(default_factory=DiagnosticsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @property

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +33,15 @@ FEEDBACK_POLL_S = 0.05
 
 
 def response_payload(
-    command_id: str | None, status: str, reason: str | None = None, detail: str | None = None
+    command_id: str | None,
+    status: str,
+    reason: str | None = None,
+    detail: str | None = None,
+    result: dict[str, Any] | None = None,
 ) -> bytes:
     body: dict[str, Any] = {"id": command_id, "status": status, "ts": round(time.time(), 3)}
+    if result is not None:  # what a command reads back, e.g. the DTCs per ECU
+        body["result"] = result
     if reason is not None:
         body["reason"] = reason
     if detail is not None:
@@ -112,6 +118,7 @@ class Executor:
         schedule: Callable[[dict[str, Any]], tuple[str, str | None]] | None = None,
     ) -> None:
         self.schedule = schedule  # charging.schedule's handler (the schedule runner)
+        self.read_dtcs: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self._verifier = verifier
         self._commands = commands
         self._store = store
@@ -222,9 +229,14 @@ class Executor:
         self._publish(jti, "rejected", reason, detail, count=False)
 
     def _respond(
-        self, jti: str, status: str, reason: str | None = None, detail: str | None = None
+        self,
+        jti: str,
+        status: str,
+        reason: str | None = None,
+        detail: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
-        self._publish(jti, status, reason, detail)
+        self._publish(jti, status, reason, detail, result=result)
 
     def _publish(
         self,
@@ -234,6 +246,7 @@ class Executor:
         detail: str | None,
         *,
         count: bool = True,
+        result: dict[str, Any] | None = None,
     ) -> None:
         if count:
             self.stats.count(status, reason)
@@ -244,7 +257,7 @@ class Executor:
         destinations: list[tuple[str, bytes | None]] = [("commands/response", None)]
         if reply is not None:
             destinations.append(("@" + reply[0], reply[1]))
-        payload = response_payload(jti, status, reason, detail)
+        payload = response_payload(jti, status, reason, detail, result)
         for topic, correlation in destinations:
             try:
                 self._outbox.append(
@@ -273,8 +286,17 @@ class Executor:
         resolved, params = job.command, job.params
         definition = resolved.definition
         status, reason, detail = "succeeded", None, None
+        result: dict[str, Any] | None = None
         if definition.builtin == "state.snapshot":
             self._request_state()
+        elif definition.builtin == "diagnostics.read_dtcs":
+            if self.read_dtcs is None:
+                status, detail = "failed", "no ECUs are configured under diagnostics.ecus"
+            else:
+                result = await self.read_dtcs()
+                failed = sorted(name for name, r in result.items() if "error" in r)
+                if failed:
+                    detail = f"no DTCs from {', '.join(failed)} (see result)"
         elif definition.builtin == "charging.schedule":
             if self.schedule is None:
                 status, detail = "failed", "charge scheduling is not available"
@@ -312,7 +334,7 @@ class Executor:
             self._store.finish(job.jti, status, reason, detail)
         except StoreError as exc:
             log.error("command_store_failed", command_id=job.jti, error=str(exc))
-        self._respond(job.jti, status, reason, detail)
+        self._respond(job.jti, status, reason, detail, result)
 
     async def _send_frames(
         self, resolved: ResolvedCommand, params: dict[str, Any]

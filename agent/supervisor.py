@@ -14,9 +14,11 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import can
 import structlog
 
 from agent import commands
@@ -26,6 +28,7 @@ from agent.can_io import CanReceiver, kernel_filters, open_bus
 from agent.command_store import CommandStore
 from agent.dbc import Vehicle
 from agent.decode import build_decoders
+from agent.diagnostics import DtcReader
 from agent.errors import AgentError, ConfigError
 from agent.executor import Executor
 from agent.health import Health
@@ -45,6 +48,18 @@ DRAIN_S = 3.0
 
 class _Shutdown(Exception):
     """Raised inside the TaskGroup once the orderly stop is done, to end the other tasks."""
+
+
+def _route(
+    bus: str, dtc_reader: DtcReader, decode: Callable[[can.Message], None]
+) -> Callable[[can.Message], None]:
+    """Frames answering a diagnostic request go to the UDS tester; the rest to decoding."""
+
+    def on_frame(msg: can.Message) -> None:
+        if not dtc_reader.feed(bus, msg):
+            decode(msg)
+
+    return on_frame
 
 
 _POLICY_KEYS = {"on_change", "deadband", "min_interval_ms", "max_interval_s"}
@@ -123,14 +138,20 @@ class Agent:
                 settings=settings.telemetry,
                 on_stored=lambda: self.uplink.notify() if self.uplink else None,
             )
+            by_bus: dict[str, CanReceiver] = {}
+            dtc_reader = DtcReader(settings.diagnostics, lambda bus, frame: by_bus[bus].send(frame))
             receivers = [
                 CanReceiver(
                     bus.settings,
-                    pipeline.receiver_for(name),
-                    filters=kernel_filters(decoders[name].frame_keys) or None,
+                    _route(name, dtc_reader, pipeline.receiver_for(name)),
+                    filters=kernel_filters(
+                        decoders[name].frame_keys | frozenset(dtc_reader.response_ids(name))
+                    )
+                    or None,
                 )
                 for name, bus in self.vehicle.buses.items()
             ]
+            by_bus.update({r.name: r for r in receivers})
             health = Health(
                 boot_id=self.boot_id,
                 decoders=decoders,
@@ -149,7 +170,6 @@ class Agent:
                 on_request=self._on_request,
             )
             store = stack.enter_context(CommandStore(storage.path.with_name("commands.db")))
-            by_bus = {r.name: r for r in receivers}
             self.executor = Executor(
                 verifier=Verifier.from_settings(settings.vehicle_id, settings.commands),
                 commands=commands.resolve(self.vehicle),
@@ -169,6 +189,8 @@ class Agent:
                 event=self._charging_event,
             )
             self.executor.schedule = self.schedule.accept
+            if settings.diagnostics.ecus:
+                self.executor.read_dtcs = dtc_reader.read
             for receiver in receivers:
                 await stack.enter_async_context(receiver)
             simulator = self._simulator(stack)

@@ -45,6 +45,13 @@ class VehicleState:
     tyres_bar: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.4, 2.4])
     tyre_leak_bar_per_h: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     lv_voltage: float = 12.6
+    # Stored diagnostic trouble codes per ECU: (3-byte code, status byte).
+    dtcs: dict[str, list[tuple[int, int]]] = field(
+        default_factory=lambda: {
+            "bms": [(0x0A1B2C, 0x2F)],
+            "hvac": [(0xC15500, 0x09), (0xB10013, 0x28), (0x123456, 0x08)],
+        }
+    )
     distance_to_service: float = 4_200.0
     days_to_service: float = 95.0
     elapsed_s: float = 0.0

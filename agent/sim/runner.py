@@ -26,6 +26,7 @@ from agent.sim import physics
 from agent.sim.ecus import AGENT_NODES, Ecu, ecus_for, handle_command
 from agent.sim.physics import VehicleState
 from agent.sim.scenario import Scenario
+from agent.sim.uds import UdsResponders
 
 log = structlog.get_logger("agent.sim")
 
@@ -168,6 +169,15 @@ class LiveSimulator:
         self.car = car
         self._buses = buses
         self._speedup = speedup
+        self.uds = UdsResponders(lambda: car.state, self._send_on)
+
+    def _send_on(self, bus: str, msg: can.Message) -> None:
+        target = self._buses.get(bus)
+        if target is not None:
+            try:
+                target.send(msg, timeout=0.05)
+            except can.CanError as exc:
+                log.warning("sim_uds_send_failed", bus=bus, error=str(exc))
 
     def poll(self) -> None:
         """Read every pending frame without blocking (command frames)."""
@@ -179,7 +189,9 @@ class LiveSimulator:
                     break
                 if msg is None:
                     break
-                self.car.receive(name, msg)
+                if not self.uds.feed(name, msg):
+                    self.car.receive(name, msg)
+        self.uds.process()
 
     async def run(self, duration_s: float | None = None) -> None:
         start = time.monotonic()

@@ -548,3 +548,30 @@ def test_charging_schedule_replans_on_unplug_and_resumes_after_restart(
         ("plan_accepted", "resumed_after_restart"),
     ]
     assert reasons[6] == ("slot_started", None)
+
+
+def test_read_dtcs_single_and_multi_frame_and_a_silent_ecu(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+) -> None:
+    """UDS ReadDTCInformation over ISO-TP on the virtual bus: the BMS answers in one frame,
+    the HVAC in several, the OBC not at all: its error is in the result, not a failed
+    command."""
+    rig, running = rig_factory(scenario="parked")
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        result = _run(rig, rig.key.token(rig.vehicle, "diagnostics.read_dtcs"))
+    assert result["status"] == "succeeded", result
+    ecus = result["result"]
+    assert ecus["bms"] == {"dtcs": [{"code": "0A1B2C", "status": 0x2F}]}  # a single frame
+    assert ecus["hvac"] == {
+        "dtcs": [  # 15 bytes: first frame, flow control, consecutive
+            {"code": "C15500", "status": 0x09},
+            {"code": "B10013", "status": 0x28},
+            {"code": "123456", "status": 0x08},
+        ]
+    }
+    assert ecus["obc"] == {"error": "no answer within 2 s"}
+    assert "obc" in result["detail"]
+    # The ISO-TP frames on the bus: requests from the agent, answers from the ECUs.
+    ids = {m.arbitration_id for m in list(rig.spy.frames)}
+    assert {0x7E0, 0x7E8, 0x7E1, 0x7E9, 0x7E2} <= ids and 0x7EA not in ids

@@ -240,3 +240,25 @@ def test_error_frames_are_counted(broker: Broker, vcan_daemon: Callable[..., Dae
     sub.close()
     assert health["buses"]["powertrain"]["error_frames"] == 3
     assert health["buses"]["powertrain"]["decoded"] == 0
+
+
+def test_read_dtcs_over_isotp_on_vcan(broker: Broker, vcan_daemon: Callable[..., Daemon]) -> None:
+    """UDS over ISO-TP on real SocketCAN, the simulator's ECUs answering in their own
+    process: single frame (BMS on vcan0), multi-frame (HVAC on vcan1), a silent OBC."""
+    daemon, key = _command_rig(broker, vcan_daemon)
+    sub = Subscriber(broker.port)
+    with car(daemon.config), running(daemon):
+        wait_until(lambda: len(_values(sub)) > 20, 20, "the car's values")
+        jti = _send(
+            broker, "VIN0000000000000", key.token("VIN0000000000000", "diagnostics.read_dtcs")
+        )
+        final = sub.wait_for(
+            "commands/response",
+            lambda m: m.json()["id"] == jti and m.json()["status"] != "accepted",
+            timeout=20,
+        ).json()
+    sub.close()
+    assert final["status"] == "succeeded", final
+    assert final["result"]["bms"] == {"dtcs": [{"code": "0A1B2C", "status": 0x2F}]}
+    assert [d["code"] for d in final["result"]["hvac"]["dtcs"]] == ["C15500", "B10013", "123456"]
+    assert final["result"]["obc"] == {"error": "no answer within 2 s"}

@@ -1,0 +1,149 @@
+"""Diagnostic trouble codes: UDS ReadDTCInformation (0x19, reportDTCByStatusMask) over
+ISO-TP, one ECU after another, each with its own clear result or error.
+
+can-isotp's transport logic is stepped from the event loop (its receive and send functions
+are ours: frames arrive through the bus receiver, go out through its `send`), and udsoncan
+encodes the request and reads the answer, so the agent writes neither protocol itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+import can
+import isotp
+from udsoncan.Response import Response
+from udsoncan.services.ReadDTCInformation import ReadDTCInformation
+
+from agent.config import DiagnosticsSettings, EcuSettings
+from agent.errors import AgentError
+
+STEP_S = 0.002
+
+
+class IsoTpChannel:
+    """One ECU's ISO-TP link, fed with frames and stepped by its owner."""
+
+    def __init__(self, tx_id: int, rx_id: int, send: Callable[[can.Message], None]) -> None:
+        self.rx_id = rx_id
+        self._queue: collections.deque[isotp.CanMessage] = collections.deque(maxlen=256)
+        self._send = send
+        self.layer = isotp.TransportLayerLogic(
+            rxfn=self._rxfn,
+            txfn=self._txfn,
+            address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=tx_id, rxid=rx_id),
+            params={"tx_padding": 0xCC, "blocking_send": False},
+        )
+
+    def _rxfn(self, timeout: float) -> isotp.CanMessage | None:
+        return self._queue.popleft() if self._queue else None
+
+    def _txfn(self, msg: isotp.CanMessage) -> None:
+        self._send(
+            can.Message(
+                arbitration_id=msg.arbitration_id,
+                data=bytes(msg.data),
+                is_extended_id=msg.is_extended_id,
+            )
+        )
+
+    def feed(self, msg: can.Message) -> None:
+        self._queue.append(
+            isotp.CanMessage(
+                arbitration_id=msg.arbitration_id,
+                data=bytes(msg.data),
+                dlc=msg.dlc,
+                extended_id=msg.is_extended_id,
+            )
+        )
+
+
+def dtc_request(status_mask: int) -> bytes:
+    request = ReadDTCInformation.make_request(
+        subfunction=ReadDTCInformation.Subfunction.reportDTCByStatusMask,
+        status_mask=status_mask,
+    )
+    payload: bytes = request.get_payload()
+    return payload
+
+
+def parse_dtcs(payload: bytes) -> list[dict[str, Any]]:
+    """The DTC records of a positive answer; AgentError for a negative or odd one."""
+    response = Response.from_payload(payload)
+    if not response.valid:
+        raise AgentError(f"invalid UDS answer: {response.invalid_reason}")
+    if not response.positive:
+        raise AgentError(f"negative answer: {response.code_name} (0x{response.code:02X})")
+    ReadDTCInformation.interpret_response(
+        response, subfunction=ReadDTCInformation.Subfunction.reportDTCByStatusMask
+    )
+    data: Any = response.service_data
+    return [{"code": f"{dtc.id:06X}", "status": dtc.status.get_byte_as_int()} for dtc in data.dtcs]
+
+
+def _sender(send: Callable[[str, can.Message], None], bus: str) -> Callable[[can.Message], None]:
+    return lambda msg: send(bus, msg)
+
+
+class DtcReader:
+    """The agent's UDS tester: frames from the ECUs' response ids come here, not to decode."""
+
+    def __init__(
+        self, settings: DiagnosticsSettings, send: Callable[[str, can.Message], None]
+    ) -> None:
+        self._settings = settings
+        self._channels: dict[tuple[str, int], tuple[EcuSettings, IsoTpChannel]] = {}
+        for ecu in settings.ecus:
+            channel = IsoTpChannel(ecu.request_id, ecu.response_id, _sender(send, ecu.bus))
+            self._channels[(ecu.bus, ecu.response_id)] = (ecu, channel)
+
+    def response_ids(self, bus: str) -> set[int]:
+        return {rx for (b, rx) in self._channels if b == bus}
+
+    def feed(self, bus: str, msg: can.Message) -> bool:
+        """Take a frame if it answers one of our ECUs; True if it was ours."""
+        if msg.is_extended_id:
+            return False
+        entry = self._channels.get((bus, msg.arbitration_id))
+        if entry is None:
+            return False
+        entry[1].feed(msg)
+        return True
+
+    async def read(self) -> dict[str, Any]:
+        """{ecu: {"dtcs": [...]}} or {ecu: {"error": "..."}} for every configured ECU."""
+        results: dict[str, Any] = {}
+        request = dtc_request(self._settings.status_mask)
+        for ecu, channel in self._channels.values():
+            try:
+                answer = await self._exchange(channel, request)
+                results[ecu.name] = {"dtcs": parse_dtcs(answer)}
+            except AgentError as exc:
+                results[ecu.name] = {"error": str(exc)}
+        return results
+
+    async def _exchange(self, channel: IsoTpChannel, request: bytes) -> bytes:
+        layer = channel.layer
+        layer.reset()
+        try:
+            layer.send(request)
+        except Exception as exc:  # isotp refuses what it cannot send; say so per ECU
+            raise AgentError(f"cannot send the request: {exc}") from exc
+        deadline = time.monotonic() + self._settings.timeout_s
+        while time.monotonic() < deadline:
+            try:
+                layer.process()
+            except AgentError:
+                raise
+            except Exception as exc:  # the bus went down under the transport
+                raise AgentError(f"transport failed: {exc}") from exc
+            if layer.available():
+                answer = layer.recv()
+                if answer is not None:
+                    return bytes(answer)
+            await asyncio.sleep(STEP_S)
+        raise AgentError(f"no answer within {self._settings.timeout_s:g} s")
