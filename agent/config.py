@@ -342,6 +342,7 @@ class DiagnosticsSettings(_Model):
     ecus: list[EcuSettings] = Field(default_factory=list)
     status_mask: Annotated[int, Field(ge=1, le=0xFF)] = 0xFF
     timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+    scan_interval_s: Annotated[float, Field(ge=1, le=86_400)] | None = None  # periodic scan
 
 
 class LoggingSettings(_Model):

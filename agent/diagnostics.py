@@ -96,6 +96,7 @@ class DtcReader:
         self, settings: DiagnosticsSettings, send: Callable[[str, can.Message], None]
     ) -> None:
         self._settings = settings
+        self._lock = asyncio.Lock()  # one exchange at a time: a scan and a command share links
         self._channels: dict[tuple[str, int], tuple[EcuSettings, IsoTpChannel]] = {}
         for ecu in settings.ecus:
             channel = IsoTpChannel(ecu.request_id, ecu.response_id, _sender(send, ecu.bus))
@@ -118,12 +119,13 @@ class DtcReader:
         """{ecu: {"dtcs": [...]}} or {ecu: {"error": "..."}} for every configured ECU."""
         results: dict[str, Any] = {}
         request = dtc_request(self._settings.status_mask)
-        for ecu, channel in self._channels.values():
-            try:
-                answer = await self._exchange(channel, request)
-                results[ecu.name] = {"dtcs": parse_dtcs(answer)}
-            except AgentError as exc:
-                results[ecu.name] = {"error": str(exc)}
+        async with self._lock:
+            for ecu, channel in self._channels.values():
+                try:
+                    answer = await self._exchange(channel, request)
+                    results[ecu.name] = {"dtcs": parse_dtcs(answer)}
+                except AgentError as exc:
+                    results[ecu.name] = {"error": str(exc)}
         return results
 
     async def _exchange(self, channel: IsoTpChannel, request: bytes) -> bytes:
@@ -147,3 +149,23 @@ class DtcReader:
                     return bytes(answer)
             await asyncio.sleep(STEP_S)
         raise AgentError(f"no answer within {self._settings.timeout_s:g} s")
+
+
+def dtc_changes(
+    before: dict[str, dict[str, int]], result: dict[str, Any]
+) -> tuple[dict[str, dict[str, int]], list[tuple[str, dict[str, Any]]]]:
+    """Compare a scan with the last known DTCs per ECU: (new known set, [(event, data)]).
+    An ECU that did not answer keeps its last known DTCs (no clears from silence)."""
+    known = dict(before)
+    events: list[tuple[str, dict[str, Any]]] = []
+    for ecu, answer in result.items():
+        if "dtcs" not in answer:
+            continue
+        now = {d["code"]: d["status"] for d in answer["dtcs"]}
+        previous = known.get(ecu, {})
+        for code in sorted(set(now) - set(previous)):
+            events.append(("dtc_new", {"ecu": ecu, "code": code, "status": now[code]}))
+        for code in sorted(set(previous) - set(now)):
+            events.append(("dtc_cleared", {"ecu": ecu, "code": code}))
+        known[ecu] = now
+    return known, events

@@ -28,7 +28,7 @@ from agent.can_io import CanReceiver, kernel_filters, open_bus
 from agent.command_store import CommandStore
 from agent.dbc import Vehicle
 from agent.decode import build_decoders
-from agent.diagnostics import DtcReader
+from agent.diagnostics import DtcReader, dtc_changes
 from agent.errors import AgentError, ConfigError
 from agent.executor import Executor
 from agent.health import Health
@@ -191,6 +191,7 @@ class Agent:
             self.executor.schedule = self.schedule.accept
             if settings.diagnostics.ecus:
                 self.executor.read_dtcs = dtc_reader.read
+            self._dtc_reader = dtc_reader
             for receiver in receivers:
                 await stack.enter_async_context(receiver)
             simulator = self._simulator(stack)
@@ -213,6 +214,7 @@ class Agent:
                     tg.create_task(self._watchdog(notifier, receivers, pipeline))
                     tg.create_task(self._reloader())
                     tg.create_task(self._watch_alerts())
+                    tg.create_task(self._scan_dtcs())
                     tg.create_task(self.schedule.run())
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
@@ -293,6 +295,22 @@ class Agent:
         self._outbox.append_event("charging", name, data)
         if self.uplink is not None:
             self.uplink.notify()
+
+    async def _scan_dtcs(self) -> None:
+        """With diagnostics.scan_interval_s: read the DTCs that often and publish new and
+        cleared ones as P/events (type dtc)."""
+        interval = self.settings.diagnostics.scan_interval_s
+        if interval is None or not self.settings.diagnostics.ecus:
+            return
+        known: dict[str, dict[str, int]] = {}
+        while True:
+            await asyncio.sleep(interval)
+            known, changes = dtc_changes(known, await self._dtc_reader.read())
+            for name, data in changes:
+                log.info("dtc", change=name, **data)
+                self._outbox.append_event("dtc", name, data)
+            if changes and self.uplink is not None:
+                self.uplink.notify()
 
     async def _watch_alerts(self) -> None:
         """Evaluate the alert rules every second; raised and cleared alerts become events."""

@@ -575,3 +575,39 @@ def test_read_dtcs_single_and_multi_frame_and_a_silent_ecu(
     # The ISO-TP frames on the bus: requests from the agent, answers from the ECUs.
     ids = {m.arbitration_id for m in list(rig.spy.frames)}
     assert {0x7E0, 0x7E8, 0x7E1, 0x7E9, 0x7E2} <= ids and 0x7EA not in ids
+
+
+def test_periodic_dtc_scan_publishes_new_and_cleared(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]], tmp_path: Path
+) -> None:
+    """The scenario stores a new HVAC code and clears the BMS one; the scan reports both."""
+    scenario = tmp_path / "dtcs.yaml"
+    scenario.write_text(
+        "mode: parked\n"
+        "events:\n"
+        "  - {at_s: 4, set: {dtcs: {bms: [], hvac: [[0xC15500, 9], [0x0B0C0D, 8]]}}}\n"
+    )
+    rig, running = rig_factory(scenario=str(scenario))
+    rig.config.write_text(
+        rig.config.read_text().replace("  timeout_s: 2\n", "  timeout_s: 1\n  scan_interval_s: 1\n")
+    )
+    with running():
+
+        def dtc_events() -> list[tuple[str, dict[str, Any]]]:
+            return [
+                (m.json()["name"], m.json()["data"])
+                for m in rig.sub.on("events")
+                if m.json()["type"] == "dtc"
+            ]
+
+        wait_until(
+            lambda: ("dtc_cleared", {"ecu": "bms", "code": "0A1B2C"}) in dtc_events(),
+            30,
+            "the cleared BMS code",
+        )
+    events = dtc_events()
+    assert ("dtc_new", {"ecu": "bms", "code": "0A1B2C", "status": 0x2F}) in events
+    assert ("dtc_new", {"ecu": "hvac", "code": "0B0C0D", "status": 8}) in events
+    assert not [e for e in events if e[1]["ecu"] == "obc"]  # silence clears nothing
+    new_hvac = [e for e in events if e[0] == "dtc_new" and e[1]["ecu"] == "hvac"]
+    assert [e[1]["code"] for e in new_hvac] == ["123456", "B10013", "C15500", "0B0C0D"]
