@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.brokers import Broker, Daemon, Subscriber, free_port, running
+from tests.integration.brokers import (
+    Broker,
+    Daemon,
+    Subscriber,
+    free_port,
+    port_open,
+    running,
+    wait_until,
+)
 from tests.integration.certs import CertificateAuthority
 
 
@@ -35,7 +43,10 @@ def _tls_broker(
         f"require_certificate {'true' if require_cert else 'false'}\n"
         f"listener {plain_port} 127.0.0.1\n"
     )
-    return broker_factory(extra, port=tls_port), plain_port
+    broker = broker_factory(extra, port=tls_port)
+    # mosquitto opens its listeners one after the other: wait for the plain one as well.
+    wait_until(lambda: port_open(plain_port), 10, f"mosquitto on port {plain_port}")
+    return broker, plain_port
 
 
 def _still_running(daemon: Daemon, seconds: float = 3.0) -> None:
