@@ -85,7 +85,7 @@ def parse_dtcs(payload: bytes) -> list[dict[str, Any]]:
     return [{"code": f"{dtc.id:06X}", "status": dtc.status.get_byte_as_int()} for dtc in data.dtcs]
 
 
-def _sender(send: Callable[[str, can.Message], None], bus: str) -> Callable[[can.Message], None]:
+def sender_for(send: Callable[[str, can.Message], None], bus: str) -> Callable[[can.Message], None]:
     return lambda msg: send(bus, msg)
 
 
@@ -99,7 +99,7 @@ class DtcReader:
         self._lock = asyncio.Lock()  # one exchange at a time: a scan and a command share links
         self._channels: dict[tuple[str, int], tuple[EcuSettings, IsoTpChannel]] = {}
         for ecu in settings.ecus:
-            channel = IsoTpChannel(ecu.request_id, ecu.response_id, _sender(send, ecu.bus))
+            channel = IsoTpChannel(ecu.request_id, ecu.response_id, sender_for(send, ecu.bus))
             self._channels[(ecu.bus, ecu.response_id)] = (ecu, channel)
 
     def response_ids(self, bus: str) -> set[int]:

@@ -55,6 +55,9 @@ def _route(
 ) -> Callable[[can.Message], None]:
     """Frames answering a diagnostic request go to the UDS tester; the rest to decoding."""
 
+    if not dtc_reader.response_ids(bus):
+        return decode  # no ECU answers on this bus: nothing added to the per-frame path
+
     def on_frame(msg: can.Message) -> None:
         if not dtc_reader.feed(bus, msg):
             decode(msg)
@@ -90,6 +93,11 @@ class Agent:
     def _on_request(self, payload: bytes, properties: Any) -> None:
         if self.executor is not None:
             self.executor.on_request(payload, properties)
+
+    def _values(self) -> dict[str, Any]:
+        """The latest value of every path seen: what preconditions, feedback, the schedule
+        and alerts read."""
+        return {p: s.value for p, s in self._sampler.latest.items()}
 
     def _state(self) -> dict[str, Any] | None:
         latest = self._sampler.latest
@@ -176,7 +184,7 @@ class Agent:
                 store=store,
                 outbox=self._outbox,
                 notify=self.uplink.notify,
-                values=lambda: {p: s.value for p, s in self._sampler.latest.items()},
+                values=self._values,
                 transmit=lambda bus, frame: by_bus[bus].send(frame),
                 request_state=self.uplink.request_state,
                 rejections_per_s=settings.commands.rejections_per_s,
@@ -184,7 +192,7 @@ class Agent:
             self.schedule = ScheduleRunner(
                 settings=settings.charging,
                 store=store,
-                values=lambda: {p: s.value for p, s in self._sampler.latest.items()},
+                values=self._values,
                 charge=self.executor.charge,
                 event=self._charging_event,
             )
@@ -316,7 +324,7 @@ class Agent:
         """Evaluate the alert rules every second; raised and cleared alerts become events."""
         while True:
             await asyncio.sleep(1.0)
-            values = {p: s.value for p, s in self._sampler.latest.items()}
+            values = self._values()
             for change in self.alerts.evaluate(values, time.monotonic()):
                 log.warning(
                     "alert",

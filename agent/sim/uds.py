@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import can
 
-from agent.diagnostics import IsoTpChannel
+from agent.diagnostics import IsoTpChannel, sender_for
 from agent.sim.physics import VehicleState
 
 # (ECU name in VehicleState.dtcs, bus, request id, response id). The OBC (0x7E2) is
@@ -22,7 +22,7 @@ class UdsResponders:
         self._state = state
         self._ecus: dict[tuple[str, int], tuple[str, IsoTpChannel]] = {}
         for name, bus, request_id, response_id in RESPONDERS:
-            channel = IsoTpChannel(response_id, request_id, lambda msg, bus=bus: send(bus, msg))  # type: ignore[misc]
+            channel = IsoTpChannel(response_id, request_id, sender_for(send, bus))
             self._ecus[(bus, request_id)] = (name, channel)
 
     def feed(self, bus: str, msg: can.Message) -> bool:
