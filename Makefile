@@ -28,6 +28,7 @@ check: $(STAMP)
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format agent tests bench

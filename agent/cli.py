@@ -20,15 +20,17 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 if TYPE_CHECKING:
-    from agent.dbc import Vehicle
+    from agent.vehicle.dbc import Vehicle
 
 
 def _load_vehicle(path: str) -> Vehicle:
     # Imported here so `--help` and argument errors stay fast on a slow head unit.
-    from agent import commands, config, dbc
+    from agent import config
+    from agent.commands import definitions
+    from agent.vehicle import dbc
 
     vehicle = dbc.load_vehicle(config.load(path))
-    commands.resolve(vehicle)  # command definitions are part of a valid configuration
+    definitions.resolve(vehicle)  # command definitions are part of a valid configuration
     return vehicle
 
 
@@ -39,7 +41,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent import replay
+    from agent.vehicle import replay
 
     vehicle = _load_vehicle(args.config)
     channel_map = replay.parse_channel_map(args.map_channel or [])
@@ -79,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from agent.keys import keygen
+    from agent.commands.keys import keygen
 
     private, public = keygen(args.kid, Path(args.out))
     print(f"private key: {private} (keep it on the back end, never on the car)", file=sys.stderr)
@@ -90,7 +92,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from agent.keys import load_private_key, parse_param, sign
+    from agent.commands.keys import load_private_key, parse_param, sign
 
     params = dict(parse_param(p) for p in args.param or [])
     token = sign(
@@ -111,7 +113,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     import jwt
 
     from agent import config
-    from agent.uplink import send_token
+    from agent.uplink.mqtt import send_token
 
     settings = config.load(args.config).settings
     text = sys.stdin.read() if args.token == "-" else args.token
@@ -138,7 +140,7 @@ def cmd_plan_charge(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from agent.charging import Problem, plan
+    from agent.energy.planner import Problem, plan
     from agent.errors import Problem as ConfigProblem
 
     name = args.input
@@ -190,7 +192,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     logs.configure(settings.logging.level, settings.logging.format, stream=sys.stderr)
-    from agent.can_io import open_bus
+    from agent.vehicle.can_io import open_bus
 
     buses = {}
     try:

@@ -1,7 +1,7 @@
 """YAML -> validated, frozen settings; every problem reported as `FILE:LINE: key.path: message`.
 
 This module checks shape, types and ranges. Whether a mapping fits the DBC files (signal names,
-choices, buses) is checked by `agent.dbc`, which reuses `Loaded.problem()` for its lines.
+choices, buses) is checked by `agent.vehicle.dbc`, which reuses `Loaded.problem()` for its lines.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class LinearTransform(_Model):
 
 
 class Transform(_Model):
-    """Exactly one of `linear` or `map`. Map keys are checked against the DBC in agent.dbc."""
+    """Exactly one of `linear` or `map`. Map keys are checked against the DBC by vehicle.dbc."""
 
     linear: LinearTransform | None = None
     map: dict[Any, Any] | None = None

@@ -26,13 +26,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from agent import config, dbc, logs
+from agent import config, logs
 from agent.aio import wait_event
+from agent.commands.keys import sign
 from agent.config import TrustedKey
 from agent.errors import AgentError
-from agent.keys import sign
 from agent.sim.scenario import Event, Scenario
 from agent.supervisor import Agent
+from agent.vehicle import dbc
 
 ROWS: list[tuple[str, str, str]] = [
     ("State of charge", "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current", "{:.1f} %"),

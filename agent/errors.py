@@ -34,3 +34,7 @@ class ConfigError(AgentError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class StoreError(AgentError):
+    """A small on-disk state store (replay ids, timers, the charging schedule) failed."""

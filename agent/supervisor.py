@@ -21,24 +21,24 @@ from typing import Any
 import can
 import structlog
 
-from agent import commands
-from agent.alerts import AlertEngine
-from agent.auth import Verifier
-from agent.can_io import CanReceiver, kernel_filters, open_bus
-from agent.command_store import CommandStore
-from agent.dbc import Vehicle
-from agent.decode import build_decoders
-from agent.diagnostics import DtcReader, dtc_changes
+from agent.commands import definitions
+from agent.commands.auth import Verifier
+from agent.commands.executor import Executor
+from agent.commands.store import CommandStore
+from agent.energy.schedule import ScheduleRunner
 from agent.errors import AgentError, ConfigError
-from agent.executor import Executor
-from agent.health import Health
+from agent.maintenance.alerts import AlertEngine
+from agent.maintenance.diagnostics import DtcReader, dtc_changes
 from agent.notify import SystemdNotifier
-from agent.outbox import Outbox, OutboxError
-from agent.pipeline import Pipeline
-from agent.schedule import ScheduleRunner
-from agent.signals import Sampler, policies_of
 from agent.sim.scenario import Scenario
-from agent.uplink import Uplink
+from agent.uplink.health import Health
+from agent.uplink.mqtt import Uplink
+from agent.uplink.outbox import Outbox, OutboxError
+from agent.uplink.pipeline import Pipeline
+from agent.vehicle.can_io import CanReceiver, kernel_filters, open_bus
+from agent.vehicle.dbc import Vehicle
+from agent.vehicle.decode import build_decoders
+from agent.vehicle.signals import Sampler, policies_of
 
 log = structlog.get_logger("agent")
 
@@ -68,11 +68,12 @@ def _route(
 _POLICY_KEYS = {"on_change", "deadband", "min_interval_ms", "max_interval_s"}
 
 
-def _load_for_reload(path: str) -> tuple[Vehicle, dict[str, commands.ResolvedCommand]]:
-    from agent import config, dbc
+def _load_for_reload(path: str) -> tuple[Vehicle, dict[str, definitions.ResolvedCommand]]:
+    from agent import config
+    from agent.vehicle import dbc
 
     vehicle = dbc.load_vehicle(config.load(path))
-    return vehicle, commands.resolve(vehicle)
+    return vehicle, definitions.resolve(vehicle)
 
 
 class Agent:
@@ -167,7 +168,7 @@ class Agent:
                 pipeline=pipeline,
                 outbox=self._outbox,
                 uplink=lambda: self.uplink,
-                executor=lambda: self.executor,
+                commands=lambda: self.executor.stats.as_health() if self.executor else {},
             )
             self.uplink = Uplink(
                 settings=settings,
@@ -180,7 +181,7 @@ class Agent:
             store = stack.enter_context(CommandStore(storage.path.with_name("commands.db")))
             self.executor = Executor(
                 verifier=Verifier.from_settings(settings.vehicle_id, settings.commands),
-                commands=commands.resolve(self.vehicle),
+                commands=definitions.resolve(self.vehicle),
                 store=store,
                 outbox=self._outbox,
                 notify=self.uplink.notify,

@@ -23,12 +23,13 @@ import cantools
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import config, dbc  # noqa: E402
+from agent import config  # noqa: E402
 from agent.config import Transform  # noqa: E402
-from agent.decode import build_decoders  # noqa: E402
-from agent.model import Sample  # noqa: E402
 from agent.sim.runner import record  # noqa: E402
 from agent.sim.scenario import load_scenario  # noqa: E402
+from agent.vehicle import dbc  # noqa: E402
+from agent.vehicle.decode import build_decoders  # noqa: E402
+from agent.vehicle.model import Sample  # noqa: E402
 
 
 def _apply(transform: object, value: object) -> object:

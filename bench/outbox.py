@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent import config  # noqa: E402
-from agent.model import Sample  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.pipeline import telemetry_payload  # noqa: E402
-from agent.uplink import Uplink  # noqa: E402
+from agent.uplink.mqtt import Uplink  # noqa: E402
+from agent.uplink.outbox import Outbox  # noqa: E402
+from agent.uplink.pipeline import telemetry_payload  # noqa: E402
+from agent.vehicle.model import Sample  # noqa: E402
 
 
 def _samples(n: int) -> list[Sample]:
@@ -121,7 +121,11 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=3000)
     parser.add_argument("--samples", type=int, default=100_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # on the project's disk, not tmpfs
+    # On the project's disk (not a tmpfs /tmp), under out/, which git ignores: an interrupted
+    # run must not leave folders that look like part of the checkout.
+    scratch = ROOT / "out" / "bench"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         folder = Path(tmp)
         print(
             f"Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}, "

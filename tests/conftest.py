@@ -1,29 +1,18 @@
-"""Shared fixtures: the repository's paths and configurations written for one test."""
+"""Shared fixtures: configurations written for one test, private CAN channels, a real
+mosquitto on a free loopback port, daemons as subprocesses, and the run's measured figures."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from agent import config, dbc
-
-ROOT = Path(__file__).resolve().parent.parent
-DBC_DIR = ROOT / "dbc"
-CONFIG_DIR = ROOT / "config"
-
-
-def demo_text(channel_tag: str | None = None) -> str:
-    """config/demo.yaml with absolute DBC paths and (optionally) private virtual channels."""
-    text = (CONFIG_DIR / "demo.yaml").read_text()
-    text = text.replace("../dbc/", f"{DBC_DIR}/")
-    text = text.replace("path: ../.demo-state/outbox.db", "path: state/outbox.db")
-    if channel_tag is not None:
-        text = text.replace("channel: demo-powertrain", f"channel: pt-{channel_tag}")
-        text = text.replace("channel: demo-body", f"channel: body-{channel_tag}")
-    return text
+from agent import config
+from agent.vehicle import dbc
+from tests.support.brokers import Broker, Daemon, daemons
+from tests.support.configs import daemon_config, demo_text
 
 
 @pytest.fixture
@@ -65,3 +54,37 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("figures measured by the tests")
         for line in _FIGURES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    brokers: list[Broker] = []
+
+    def make(
+        extra: str = "", *, start: bool = True, port: int | None = None, persistent: bool = False
+    ) -> Broker:
+        broker = Broker(tmp_path, extra, port=port, persistent=persistent)
+        brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Broker]) -> Broker:
+    return broker_factory()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    with daemons(tmp_path, daemon_config) as make:
+        yield make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `last` (the clean-checkout check) run after all the others."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

@@ -13,9 +13,9 @@ from typing import Any
 
 from cantools.database.can import Message, Signal
 
-from agent.dbc import raw_range
 from agent.sim import physics
 from agent.sim.physics import VehicleState
+from agent.vehicle.dbc import raw_range
 
 AGENT_NODES = frozenset({"TCU"})  # the telematics unit: messages it sends are the agent's
 

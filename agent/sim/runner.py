@@ -21,12 +21,12 @@ import can
 import structlog
 from cantools.database.can import Message
 
-from agent.dbc import Vehicle, frame_key
 from agent.sim import physics
 from agent.sim.ecus import AGENT_NODES, Ecu, ecus_for, handle_command
 from agent.sim.physics import VehicleState
 from agent.sim.scenario import Scenario
 from agent.sim.uds import UdsResponders
+from agent.vehicle.dbc import Vehicle, frame_key
 
 log = structlog.get_logger("agent.sim")
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import can
 
-from agent.diagnostics import IsoTpChannel, sender_for
+from agent.maintenance.diagnostics import IsoTpChannel, sender_for
 from agent.sim.physics import VehicleState
 
 # (ECU name in VehicleState.dtcs, bus, request id, response id). The OBC (0x7E2) is

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.brokers import Broker, Daemon, Subscriber, retained, running, wait_until
+from tests.support.brokers import Broker, Daemon, Subscriber, retained, running, wait_until
 
 SCENARIO = """\
 mode: parked

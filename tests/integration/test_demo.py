@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support.configs import ROOT
 
 
 def test_demo_runs_by_itself_and_shows_live_values() -> None:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import jwt
 import paho.mqtt.publish as publish
 
-from tests.integration.agents import Key, trust_entry
-from tests.integration.brokers import Broker, Daemon, Subscriber, running, wait_until
+from tests.support.agents import Key, trust_entry
+from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
 
 
 def test_sighup_reloads_keys_and_refuses_a_broken_config(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.integration.brokers import Broker, Daemon, wait_until
+from tests.support.brokers import Broker, Daemon, wait_until
+from tests.support.configs import ROOT
 
 
 class NotifySocket:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG_DIR, DBC_DIR
-from tests.integration.brokers import Daemon, daemons
-from tests.integration.conftest import broker, broker_factory  # noqa: F401 - fixtures
+from tests.support.brokers import Daemon, daemons
+from tests.support.configs import CONFIG_DIR, DBC_DIR
 
 if not Path("/sys/class/net/vcan0").exists():  # pragma: no cover - depends on the host
     message = "no vcan0: run tests/vcan/run.sh (it uses User-Mode Linux where needed)"

@@ -17,9 +17,9 @@ import jwt
 import paho.mqtt.publish as publish
 import pytest
 
-from tests.conftest import DBC_DIR
-from tests.integration.agents import Key, trust_entry
-from tests.integration.brokers import Broker, Daemon, Subscriber, running, wait_until
+from tests.support.agents import Key, trust_entry
+from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
+from tests.support.configs import DBC_DIR
 from tests.vcan.conftest import ip
 
 PT = cantools.database.load_file(DBC_DIR / "ev_powertrain.dbc")

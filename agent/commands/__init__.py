@@ -1,0 +1,3 @@
+"""Signed remote commands: token verification, definitions, the replay store and the executor
+that sends them on CAN. May import energy/, maintenance/, uplink/, vehicle/ and the root modules.
+"""

@@ -1,0 +1,158 @@
+"""What must survive a restart about commands: every accepted `jti` with its result (replay
+protection), and pending timers (a climate session's automatic stop).
+
+SQLite next to the outbox (`commands.db`). A `jti` is committed here before its command acts,
+and kept until its token's expiry plus the clock skew (after that the token is refused as
+expired anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from agent.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    jti TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    keep_until REAL NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS schedule (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    due REAL NOT NULL,
+    command TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    jti: str
+    command: str
+    status: str
+    reason: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    id: int
+    due: float
+    command: str
+    origin: str
+    params: dict[str, Any]
+
+
+class CommandStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # Always FULL, whatever storage.sync says: a spent jti lost in a power cut could
+            # be replayed and act twice. Commands are rare, so the fsync costs nothing.
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the command store at {self.path}: {exc}") from exc
+        self._db = db
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        if self._db is None:
+            raise StoreError("command store is not open")
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"command store at {self.path}: {exc}") from exc
+
+    def seen(self, jti: str) -> Seen | None:
+        row = self._run(
+            "SELECT jti, command, status, reason, detail FROM seen WHERE jti = ?", (jti,)
+        ).fetchone()
+        return Seen(*row) if row else None
+
+    def claim(
+        self,
+        jti: str,
+        command: str,
+        keep_until: float,
+        status: str,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        """Record a jti; False if it was already there (a replay). Committed on return."""
+        cursor = self._run(
+            "INSERT OR IGNORE INTO seen(jti, command, keep_until, status, reason, detail) "
+            "VALUES(?, ?, ?, ?, ?, ?)",
+            (jti, command, keep_until, status, reason, detail),
+        )
+        return cursor.rowcount == 1
+
+    def finish(self, jti: str, status: str, reason: str | None, detail: str | None) -> None:
+        self._run(
+            "UPDATE seen SET status = ?, reason = ?, detail = ? WHERE jti = ?",
+            (status, reason, detail, jti),
+        )
+
+    def prune(self, now: float) -> int:
+        """Forget jtis whose tokens have expired (they are refused as EXPIRED anyway)."""
+        return self._run("DELETE FROM seen WHERE keep_until < ?", (now,)).rowcount
+
+    def add_timer(self, due: float, command: str, origin: str, params: dict[str, Any]) -> None:
+        self._run(
+            "INSERT INTO timers(due, command, origin, params) VALUES(?, ?, ?, ?)",
+            (due, command, origin, json.dumps(params)),
+        )
+
+    def timers(self) -> list[Timer]:
+        rows = self._run(
+            "SELECT id, due, command, origin, params FROM timers ORDER BY due"
+        ).fetchall()
+        return [Timer(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def drop_timer(self, timer_id: int) -> None:
+        self._run("DELETE FROM timers WHERE id = ?", (timer_id,))
+
+    def drop_timers_of(self, command: str) -> None:
+        self._run("DELETE FROM timers WHERE command = ?", (command,))
+
+    def save_schedule(self, body: str | None) -> None:
+        """The charging schedule being run (one at a time), or None when there is none."""
+        if body is None:
+            self._run("DELETE FROM schedule")
+        else:
+            self._run("INSERT OR REPLACE INTO schedule(id, body) VALUES(1, ?)", (body,))
+
+    def load_schedule(self) -> str | None:
+        row = self._run("SELECT body FROM schedule WHERE id = 1").fetchone()
+        return str(row[0]) if row else None

@@ -1,0 +1,134 @@
+"""The uplink data path inside the process: frame -> decode -> policies -> batch -> outbox.
+
+`on_frame` runs on the event loop for each received frame (no task, no log line per frame);
+batches are written to the outbox when `batch_max_samples` is reached or every
+`batch_interval_ms`, whichever comes first. The batch buffer never exceeds
+`batch_max_samples`; when the outbox refuses a write (disk full), the batch's samples are
+dropped and counted, and the pipeline keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from agent.config import TelemetrySettings
+from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
+from agent.vehicle.decode import Decoder
+from agent.vehicle.model import FrameLike, Sample
+from agent.vehicle.signals import Sampler
+
+log = structlog.get_logger("agent.uplink.pipeline")
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    samples_published: int = 0  # samples that passed the policies (into batches)
+    batches: int = 0
+    samples_dropped: int = 0  # lost because the outbox refused the write
+    frames_after_stop: int = 0
+
+
+def telemetry_payload(vehicle_id: str, seq: int, samples: list[Sample]) -> bytes:
+    body = {
+        "v": 1,
+        "vehicle_id": vehicle_id,
+        "seq": seq,
+        "samples": [{"path": s.path, "ts": s.ts, "value": s.value} for s in samples],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        vehicle_id: str,
+        decoders: dict[str, Decoder],
+        sampler: Sampler,
+        outbox: Outbox,
+        settings: TelemetrySettings,
+        on_stored: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._vehicle_id = vehicle_id
+        self.decoders = decoders
+        self.sampler = sampler
+        self._outbox = outbox
+        self._settings = settings
+        self._on_stored = on_stored
+        self._batch: list[Sample] = []
+        self._scratch: list[Sample] = []
+        self._accepting = True
+        self.stats = PipelineStats()
+        self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
+
+    def receiver_for(self, bus: str) -> Callable[[FrameLike], None]:
+        """The per-frame callback of one bus."""
+        decoder = self.decoders[bus]
+        scratch = self._scratch
+        offer = self.sampler.offer
+        batch = self._batch
+        limit = self._settings.batch_max_samples
+
+        def on_frame(frame: FrameLike) -> None:
+            if not self._accepting:
+                self.stats.frames_after_stop += 1
+                return
+            scratch.clear()
+            decoder.decode_into(frame, scratch)
+            for sample in scratch:
+                if offer(sample):
+                    batch.append(sample)
+                    if len(batch) >= limit:
+                        self.flush()
+
+        return on_frame
+
+    def stop_accepting(self) -> None:
+        """Shutdown step one: frames still arriving are ignored (counted)."""
+        self._accepting = False
+
+    def flush(self) -> int:
+        """Write what is batched to the outbox (as several messages if need be); the count."""
+        written = 0
+        limit = self._settings.batch_max_samples
+        while self._batch:
+            chunk = self._batch[:limit]
+            del self._batch[:limit]
+            try:
+                self._outbox.append(
+                    "telemetry",
+                    "telemetry",
+                    self._payload_of(chunk),
+                    stream="telemetry",
+                    items=len(chunk),
+                )
+            except OutboxFull:
+                pass  # the outbox counted it (dropped_telemetry, dropped_samples)
+            except OutboxError as exc:
+                self.stats.samples_dropped += len(chunk)
+                log.error("telemetry_dropped", samples=len(chunk), error=str(exc))
+            else:
+                self.stats.batches += 1
+                self.stats.samples_published += len(chunk)
+                written += len(chunk)
+        if written:
+            self._on_stored()
+        return written
+
+    def _payload_of(self, chunk: list[Sample]) -> Callable[[int], bytes]:
+        return lambda seq: telemetry_payload(self._vehicle_id, seq, chunk)
+
+    async def run(self) -> None:
+        """Flush every `batch_interval_ms` (measured from the last flush)."""
+        interval = self._settings.batch_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            if self._batch:
+                self.flush()
+            self.last_tick = time.monotonic()

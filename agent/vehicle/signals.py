@@ -1,0 +1,98 @@
+"""Sampling policies and last-known values: which decoded samples are worth publishing.
+
+Policies run on the frames' own timestamps, never the wall clock, so a log replayed at full
+speed is sampled exactly as the car was. Per path:
+
+- `on_change`: publish when the value differs from the last published one (for numbers:
+  by more than `deadband`; booleans and strings: any difference);
+- `max_interval_s`: publish at least this often while the signal keeps arriving (heartbeat);
+- `min_interval_ms`: never publish more often than this, whatever the other two say;
+- `on_change: false` without a heartbeat publishes every value, limited by `min_interval_ms`.
+
+The first value of a path is always published. If time runs backwards (a log spliced from two
+recordings, a bus whose clock was reset) the interval is taken as elapsed rather than stalling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from agent.config import SignalSettings
+from agent.vehicle.model import Sample, Value
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    on_change: bool = True
+    deadband: float = 0.0
+    min_interval_s: float = 0.0
+    max_interval_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: SignalSettings) -> Policy:
+        return cls(
+            on_change=settings.on_change,
+            deadband=settings.deadband,
+            min_interval_s=settings.min_interval_ms / 1000.0,
+            max_interval_s=settings.max_interval_s,
+        )
+
+
+def changed(new: Value, old: Value, deadband: float) -> bool:
+    """Whether `new` differs from `old` enough to publish."""
+    if (
+        isinstance(new, int | float)
+        and isinstance(old, int | float)
+        and not isinstance(new, bool)
+        and not isinstance(old, bool)
+    ):
+        return abs(new - old) > deadband if deadband > 0 else new != old
+    return new != old or type(new) is not type(old)
+
+
+class Sampler:
+    """Applies each path's policy; keeps the last published and the latest seen values."""
+
+    def __init__(self, policies: Mapping[str, Policy]) -> None:
+        self._policies = dict(policies)
+        self._published: dict[str, Sample] = {}
+        self.latest: dict[str, Sample] = {}
+        self.offered = 0
+        self.suppressed = 0
+
+    def update_policies(self, policies: Mapping[str, Policy]) -> None:
+        """New policies (on reload) apply from the next sample; history is kept."""
+        self._policies = dict(policies)
+
+    def offer(self, sample: Sample) -> bool:
+        """Record `sample`; True when its path's policy says publish it."""
+        self.offered += 1
+        self.latest[sample.path] = sample
+        policy = self._policies.get(sample.path)
+        last = self._published.get(sample.path)
+        if policy is None or last is None or self._due(policy, sample, last):
+            self._published[sample.path] = sample
+            return True
+        self.suppressed += 1
+        return False
+
+    def select(self, samples: Iterable[Sample]) -> list[Sample]:
+        return [s for s in samples if self.offer(s)]
+
+    @staticmethod
+    def _due(policy: Policy, sample: Sample, last: Sample) -> bool:
+        elapsed = sample.ts - last.ts
+        if elapsed < 0:
+            elapsed = float("inf")
+        if elapsed < policy.min_interval_s:
+            return False
+        if policy.max_interval_s is not None and elapsed >= policy.max_interval_s:
+            return True
+        if policy.on_change:
+            return changed(sample.value, last.value, policy.deadband)
+        return policy.max_interval_s is None
+
+
+def policies_of(signals: Iterable[SignalSettings]) -> dict[str, Policy]:
+    return {s.path: Policy.from_settings(s) for s in signals}

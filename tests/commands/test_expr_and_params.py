@@ -1,0 +1,102 @@
+"""The precondition language and parameter checks: pure logic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agent.commands.definitions import BadParams, _check_value
+from agent.config import ParamSpec
+from agent.expr import ExprError, parse
+
+V = {
+    "Vehicle.Speed": 0.0,
+    "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": 19.5,
+    "Vehicle.LowVoltageSystemState": "ON",
+    "Vehicle.Cabin.HVAC.IsAirConditioningActive": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Vehicle.Speed == 0", True),
+        ("Vehicle.Speed != 0", False),
+        ("Vehicle.Powertrain.TractionBattery.StateOfCharge.Current >= 20", False),
+        ("Vehicle.Powertrain.TractionBattery.StateOfCharge.Current > 19", True),
+        ("Vehicle.LowVoltageSystemState == 'ON'", True),
+        ('Vehicle.LowVoltageSystemState == "OFF"', False),
+        ("Vehicle.Cabin.HVAC.IsAirConditioningActive == true", True),
+        ("Vehicle.Cabin.HVAC.IsAirConditioningActive", True),
+        ("not Vehicle.Cabin.HVAC.IsAirConditioningActive", False),
+        (
+            "Vehicle.Speed == 0 and (Vehicle.Speed > 5 or Vehicle.LowVoltageSystemState == 'ON')",
+            True,
+        ),
+        ("Vehicle.Unknown.Path == 1", False),  # not known yet: false, never an error
+        ("not Vehicle.Unknown.Path == 1", False),  # ... and negating it does not make it true
+        ("not Vehicle.Unknown.Path", False),
+        ("Vehicle.Unknown.Path or Vehicle.Speed == 0", True),  # or: one definite true is enough
+        ("Vehicle.Cabin.HVAC.IsAirConditioningActive == 1", False),  # a boolean is not 1
+        ("Vehicle.LowVoltageSystemState > 3", False),  # no ordering across types
+        ("Vehicle.Speed == $limit", True),
+        ("Vehicle.Speed < -1.5e1", False),
+    ],
+)
+def test_evaluation(text: str, expected: bool) -> None:
+    assert parse(text).evaluate(V, {"limit": 0}) is expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Vehicle.Speed ==",
+        "== 1",
+        "Speed == 0",
+        "__import__('os').system('x')",
+        "Vehicle.Speed == 0 and",
+        "(Vehicle.Speed == 0",
+        "Vehicle.Speed = 0",
+        "1 + 1",
+        "Vehicle.Speed == 0 or or",
+    ],
+)
+def test_what_is_refused_at_load(text: str) -> None:
+    with pytest.raises(ExprError):
+        parse(text)
+
+
+def test_paths_and_params_are_listed_for_config_checks() -> None:
+    expression = parse("Vehicle.Speed < $max and Vehicle.Cabin.HVAC.IsAirConditioningActive")
+    assert expression.paths == {"Vehicle.Speed", "Vehicle.Cabin.HVAC.IsAirConditioningActive"}
+    assert expression.params == {"max"}
+    assert "Vehicle.Speed=0.0" in expression.explain(V)
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "ok"),
+    [
+        (ParamSpec(type="number", min=16, max=28), 21.5, 21.5),
+        (ParamSpec(type="number", min=16, max=28), 16, 16),
+        (ParamSpec(type="number", min=16, max=28), 28.01, None),
+        (ParamSpec(type="number"), math.nan, None),
+        (ParamSpec(type="number"), math.inf, None),
+        (ParamSpec(type="number"), True, None),
+        (ParamSpec(type="number"), "21", None),
+        (ParamSpec(type="integer", min=1, max=60), 15.0, 15),
+        (ParamSpec(type="integer", min=1, max=60), 15.5, None),
+        (ParamSpec(type="boolean"), 1, None),
+        (ParamSpec(type="boolean"), False, False),
+        (ParamSpec(type="string", choices=["eco", "max"]), "eco", "eco"),
+        (ParamSpec(type="string", choices=["eco", "max"]), "turbo", None),
+    ],
+)
+def test_parameter_values(spec: ParamSpec, value: object, ok: object) -> None:
+    if ok is None:
+        with pytest.raises(BadParams):
+            _check_value("p", spec, value)
+    else:
+        result = _check_value("p", spec, value)
+        assert result == ok and type(result) is type(ok)

@@ -1,0 +1,463 @@
+"""check-config: every kind of problem is reported with its exact key path and line."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent import config
+from agent.errors import ConfigError, Problem
+from agent.vehicle import dbc
+from tests.support.configs import CONFIG_DIR, DBC_DIR, ROOT
+
+PT = DBC_DIR / "ev_powertrain.dbc"
+BODY = DBC_DIR / "ev_body.dbc"
+
+BASE = f"""\
+vehicle_id: TEST-1
+can:
+  buses:
+    - name: powertrain
+      interface: virtual
+      channel: pt
+      fd: true
+      dbc: [{PT}]
+    - name: body
+      interface: virtual
+      channel: body
+      dbc: [{BODY}]
+signals:
+  - path: Vehicle.Speed
+    source: VCU_VehicleSpeed
+  - path: Vehicle.Powertrain.TractionBattery.Charging.IsCharging
+    source: OBC_ChargeState
+    transform:
+      map: {{IDLE: false, CHARGING: true}}
+"""
+
+
+def problems_of(path: Path) -> list[Problem]:
+    with pytest.raises(ConfigError) as info:
+        dbc.load_vehicle(config.load(path))
+    return info.value.problems
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing `needle`."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in text")
+
+
+def only(problems: list[Problem]) -> Problem:
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def test_base_config_is_ok(write_config: Callable[[str], Path]) -> None:
+    """The fixture's own config passes, so every failure below comes from its one change."""
+    vehicle = dbc.load_vehicle(config.load(write_config(BASE)))
+    assert [m.path for m in vehicle.mapped] == [
+        "Vehicle.Speed",
+        "Vehicle.Powertrain.TractionBattery.Charging.IsCharging",
+    ]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "vehicle.yaml"])
+def test_shipped_configs_are_ok_and_map_every_interface_path(name: str) -> None:
+    """Both shipped configs validate and map every path of INTERFACE section 5."""
+    vehicle = dbc.load_vehicle(config.load(CONFIG_DIR / name))
+    paths = {m.path for m in vehicle.mapped}
+    required = {
+        "Vehicle.Speed",
+        "Vehicle.TraveledDistance",
+        "Vehicle.Powertrain.Transmission.IsParkLockEngaged",
+        "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+        "Vehicle.Powertrain.TractionBattery.StateOfHealth",
+        "Vehicle.Powertrain.TractionBattery.CurrentVoltage",
+        "Vehicle.Powertrain.TractionBattery.CurrentCurrent",
+        "Vehicle.Powertrain.TractionBattery.Temperature.Average",
+        "Vehicle.Powertrain.TractionBattery.Range",
+        "Vehicle.Powertrain.TractionBattery.Charging.IsCharging",
+        "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected",
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit",
+        "Vehicle.Cabin.HVAC.IsAirConditioningActive",
+        "Vehicle.Cabin.HVAC.AmbientAirTemperature",
+        "Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature",
+        "Vehicle.Exterior.AirTemperature",
+        "Vehicle.LowVoltageBattery.CurrentVoltage",
+        "Vehicle.Service.DistanceToService",
+        "Vehicle.Service.TimeToService",
+        "Vehicle.Service.IsServiceDue",
+        "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure",
+        "Vehicle.Chassis.Axle.Row1.Wheel.Right.Tire.Pressure",
+        "Vehicle.Chassis.Axle.Row2.Wheel.Left.Tire.Pressure",
+        "Vehicle.Chassis.Axle.Row2.Wheel.Right.Tire.Pressure",
+    }
+    assert required <= paths, sorted(required - paths)
+
+
+def test_unknown_key(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(
+        "    source: VCU_VehicleSpeed\n", "    source: VCU_VehicleSpeed\n    dedband: 1\n"
+    )
+    path = write_config(text)
+    problem = only(problems_of(path))
+    assert problem.key == "signals.0.dedband"
+    assert problem.line == line_of(text, "dedband")
+    assert problem.file == str(path)
+    assert "unknown key" in problem.message and "'deadband'" in problem.message
+
+
+def test_unknown_top_level_section(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "telemetri:\n  batch_interval_ms: 100\n"
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("telemetri", line_of(text, "telemetri"))
+    assert "'telemetry'" in problem.message
+
+
+def test_wrong_type(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "telemetry:\n  batch_interval_ms: fast\n"
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == (
+        "telemetry.batch_interval_ms",
+        line_of(text, "batch_interval_ms"),
+    )
+    assert "integer" in problem.message and "'fast'" in problem.message
+
+
+def test_out_of_range(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "mqtt:\n  host: broker.local\n  port: 70000\n"
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("mqtt.port", line_of(text, "port: 70000"))
+    assert "65535" in problem.message
+
+
+def test_negative_deadband_is_out_of_range(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(
+        "    source: VCU_VehicleSpeed\n", "    source: VCU_VehicleSpeed\n    deadband: -1\n"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.0.deadband", line_of(text, "deadband"))
+
+
+def test_missing_required_key(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("vehicle_id: TEST-1\n", "")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line, problem.message) == (
+        "vehicle_id",
+        1,
+        "required key is missing",
+    )
+
+
+def test_missing_dbc_file(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(f"dbc: [{BODY}]", "dbc: [nowhere/missing.dbc]")
+    path = write_config(text)
+    problem = only(problems_of(path))
+    assert (problem.key, problem.line) == ("can.buses.1.dbc.0", line_of(text, "missing.dbc"))
+    # Relative paths resolve against the config file's own folder.
+    assert str(path.parent / "nowhere" / "missing.dbc") in problem.message
+    assert "not found" in problem.message
+
+
+def test_unparsable_dbc_file(write_config: Callable[[str], Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.dbc"
+    broken.write_text('VERSION ""\nBO_ 100 Oops: 8 X\n SG_ Half : 0|8@1+ (1,0 [0|1] "" X\n')
+    text = BASE.replace(f"dbc: [{BODY}]", "dbc: [broken.dbc]")
+    problems = problems_of(write_config(text))
+    first = problems[0]
+    assert (first.key, first.line) == ("can.buses.1.dbc.0", line_of(text, "broken.dbc"))
+    assert "cannot parse DBC file" in first.message
+
+
+def test_dbc_signal_that_does_not_exist(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("source: VCU_VehicleSpeed", "source: VCU_VehicleSped")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.0.source", line_of(text, "VCU_VehicleSped"))
+    assert "no DBC signal 'VCU_VehicleSped'" in problem.message
+    assert "did you mean 'VCU_VehicleSpeed'" in problem.message
+
+
+def test_message_dot_signal_that_does_not_exist(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("source: VCU_VehicleSpeed", "source: BMS_Status.VCU_VehicleSpeed")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.0.source", line_of(text, "BMS_Status."))
+
+
+def _ambiguous_dbc(tmp_path: Path) -> Path:
+    """A DBC whose `Temp` is in two messages and whose BMS_SOC repeats the powertrain's."""
+    path = tmp_path / "extra.dbc"
+    path.write_text(
+        'VERSION ""\n\nNS_ :\n\nBS_:\n\nBU_: X\n\n'
+        'BO_ 1792 ExtraA: 8 X\n SG_ Temp : 0|8@1+ (1,0) [0|255] "" X\n'
+        ' SG_ BMS_SOC : 8|8@1+ (1,0) [0|100] "%" X\n\n'
+        'BO_ 1793 ExtraB: 8 X\n SG_ Temp : 0|8@1+ (1,0) [0|255] "" X\n'
+    )
+    return path
+
+
+def test_ambiguous_across_buses(write_config: Callable[[str], Path], tmp_path: Path) -> None:
+    extra = _ambiguous_dbc(tmp_path)
+    text = BASE.replace(f"dbc: [{BODY}]", f"dbc: [{BODY}, {extra}]") + (
+        "  - path: Vehicle.Powertrain.TractionBattery.StateOfCharge.Current\n    source: BMS_SOC\n"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.2.source", line_of(text, "source: BMS_SOC"))
+    assert "ambiguous" in problem.message
+    assert "BMS_Status on powertrain" in problem.message
+    assert "ExtraA on body" in problem.message
+
+
+def test_ambiguity_resolved_by_bus_or_message(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    extra = _ambiguous_dbc(tmp_path)
+    text = BASE.replace(f"dbc: [{BODY}]", f"dbc: [{BODY}, {extra}]") + (
+        "  - path: Vehicle.Powertrain.TractionBattery.StateOfCharge.Current\n"
+        "    source: BMS_SOC\n"
+        "    bus: powertrain\n"
+        "  - path: Vehicle.Cabin.Extra\n"
+        "    source: ExtraB.Temp\n"
+    )
+    vehicle = dbc.load_vehicle(config.load(write_config(text)))
+    found = {m.path: (m.bus, m.message.name) for m in vehicle.mapped}
+    assert found["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"] == (
+        "powertrain",
+        "BMS_Status",
+    )
+    assert found["Vehicle.Cabin.Extra"] == ("body", "ExtraB")
+
+
+def test_ambiguous_across_messages(write_config: Callable[[str], Path], tmp_path: Path) -> None:
+    extra = _ambiguous_dbc(tmp_path)
+    text = BASE.replace(f"dbc: [{BODY}]", f"dbc: [{BODY}, {extra}]") + (
+        "  - path: Vehicle.Cabin.Extra\n    source: Temp\n    bus: body\n"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.2.source", line_of(text, "source: Temp"))
+    assert "ExtraA on body" in problem.message and "ExtraB on body" in problem.message
+
+
+def test_map_key_that_is_not_a_choice(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("CHARGING: true}", "CHARGIN: true}")
+    problem = only(problems_of(write_config(text)))
+    assert problem.key == "signals.1.transform.map.CHARGIN"
+    assert problem.line == line_of(text, "CHARGIN")
+    assert "not a choice of OBC_ChargeState" in problem.message and "CHARGING" in problem.message
+
+
+def test_map_number_outside_raw_range(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(
+        "map: {IDLE: false, CHARGING: true}", "map:\n        IDLE: false\n        9: true"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.1.transform.map.9", line_of(text, "9: true"))
+    assert "0..7" in problem.message
+
+
+def test_map_name_on_signal_without_choices(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(
+        "    source: VCU_VehicleSpeed\n",
+        "    source: VCU_VehicleSpeed\n    transform:\n      map: {STOPPED: true}\n",
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == (
+        "signals.0.transform.map.STOPPED",
+        line_of(text, "STOPPED"),
+    )
+    assert "no value table" in problem.message
+
+
+def test_yaml_11_words_stay_strings_as_map_keys(write_config: Callable[[str], Path]) -> None:
+    """`ON`/`OFF` are choice names here, not YAML 1.1 booleans."""
+    text = BASE + (
+        "  - path: Vehicle.Cabin.HVAC.IsAirConditioningActive\n"
+        "    source: HVAC_ACActive\n"
+        "    transform:\n"
+        "      map: {OFF: false, ON: true}\n"
+    )
+    vehicle = dbc.load_vehicle(config.load(write_config(text)))
+    transform = vehicle.mapped[2].settings.transform
+    assert transform is not None
+    assert transform.map == {"OFF": False, "ON": True}
+
+
+def test_two_transforms_at_once(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(
+        "      map: {IDLE: false, CHARGING: true}",
+        "      map: {IDLE: false}\n      linear: {scale: 2}",
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.1.transform", line_of(text, "transform:"))
+    assert "exactly one" in problem.message
+
+
+def test_duplicate_vss_path(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "  - path: Vehicle.Speed\n    source: VCU_Odometer\n"
+    problem = only(problems_of(write_config(text)))
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if "path: Vehicle.Speed" in line]
+    assert (problem.key, problem.line) == ("signals.2.path", lines[1])
+    assert f"first at signals.0, line {lines[0]}" in problem.message
+
+
+def test_unknown_bus_name(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace(
+        "    source: VCU_VehicleSpeed\n", "    source: VCU_VehicleSpeed\n    bus: chassis\n"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.0.bus", line_of(text, "bus: chassis"))
+    assert "unknown bus 'chassis'" in problem.message and "powertrain, body" in problem.message
+
+
+def test_duplicate_bus_name(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("    - name: body", "    - name: powertrain")
+    problems = problems_of(write_config(text))
+    dup = [p for p in problems if p.key == "can.buses.1.name"]
+    assert dup and dup[0].line == line_of(text, "channel: body") - 2
+
+
+def test_fd_frame_on_classic_bus(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("      fd: true\n", "      fd: false\n")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("can.buses.0.fd", line_of(text, "fd: false"))
+    assert "BMS_CellStats" in problem.message
+
+
+def _trust(public_key: str) -> str:
+    return (
+        "commands:\n  trust:\n    - kid: fleet-app\n"
+        f'      public_key: "{public_key}"\n      allow: ["hvac.*"]\n'
+    )
+
+
+def test_invalid_public_key(write_config: Callable[[str], Path]) -> None:
+    text = BASE + _trust(base64.b64encode(b"\x01" * 31).decode())
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == (
+        "commands.trust.0.public_key",
+        line_of(text, "public_key"),
+    )
+    assert "32 bytes" in problem.message
+
+
+def test_public_key_that_is_not_base64(write_config: Callable[[str], Path]) -> None:
+    text = BASE + _trust("not a key!")
+    problem = only(problems_of(write_config(text)))
+    assert problem.key == "commands.trust.0.public_key"
+    assert "base64" in problem.message
+
+
+def test_valid_public_keys_raw_and_pem(write_config: Callable[[str], Path]) -> None:
+    public = Ed25519PrivateKey.generate().public_key()
+    raw = base64.b64encode(public.public_bytes_raw()).decode()
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    text = (
+        BASE
+        + _trust(raw)
+        + (
+            "    - kid: workshop\n      public_key: |\n"
+            + "".join(f"        {line}\n" for line in pem.splitlines())
+        )
+    )
+    loaded = config.load(write_config(text))
+    assert [k.kid for k in loaded.settings.commands.trust] == ["fleet-app", "workshop"]
+    assert config.public_key_bytes(loaded.settings.commands.trust[1].public_key) == (
+        public.public_bytes_raw()
+    )
+
+
+def test_yaml_syntax_error_has_a_line(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "telemetry:\n  batch_interval_ms: [1, 2\n"
+    problem = only(problems_of(write_config(text)))
+    assert problem.key == "(document)"
+    assert problem.line >= line_of(text, "batch_interval_ms")
+    assert "YAML syntax error" in problem.message
+
+
+def test_duplicate_yaml_key(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "telemetry:\n  batch_interval_ms: 100\n  batch_interval_ms: 200\n"
+    problem = only(problems_of(write_config(text)))
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if "batch_interval_ms" in line]
+    assert (problem.key, problem.line) == ("telemetry.batch_interval_ms", lines[1])
+    assert f"first given on line {lines[0]}" in problem.message
+
+
+def test_several_problems_are_all_reported(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("source: VCU_VehicleSpeed", "source: Nope") + "mqtt:\n  port: 0\n"
+    keys = [p.key for p in problems_of(write_config(text))]
+    # Shape problems stop before DBC checks (they need a valid shape), so port comes first.
+    assert keys == ["mqtt.port"]
+    fixed = text.replace("port: 0", "port: 1883")
+    assert [p.key for p in problems_of(write_config(fixed))] == ["signals.0.source"]
+
+
+def test_cli_prints_ok(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(CONFIG_DIR / "demo.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "OK\n", "")
+
+
+def test_cli_prints_one_line_per_problem_and_exits_2(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("source: VCU_VehicleSpeed", "source: Nope").replace(
+        "CHARGING: true}", "CHARGIN: true}"
+    )
+    path = write_config(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines == [
+        f"{path}:{line_of(text, 'Nope')}: signals.0.source: no DBC signal 'Nope' on any bus",
+        f"{path}:{line_of(text, 'CHARGIN')}: signals.1.transform.map.CHARGIN: "
+        "'CHARGIN' is not a choice of OBC_ChargeState "
+        "(choices: IDLE, CHARGING, COMPLETE, FAULT, WAITING)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "- just\n- a list\n", "\x00\x01binary", "a: [unclosed\n"])
+def test_cli_never_tracebacks_on_garbage(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "garbage.yaml"
+    path.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert all(line.startswith(f"{path}:") for line in result.stderr.splitlines()), result.stderr
+
+
+def test_cli_missing_file() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", "/nonexistent/agent.yaml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "/nonexistent/agent.yaml:1: (file): cannot read: No such file or directory\n"
+    )

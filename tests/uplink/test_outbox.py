@@ -1,0 +1,193 @@
+"""The outbox on its own: order, seq, the size cap and its drop policy, expiry, damage."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
+
+KIB = 1024
+
+
+def telemetry(outbox: Outbox, size: int = 1000, items: int = 10) -> int:
+    body = b"x" * size
+    return outbox.append(
+        "telemetry",
+        "telemetry",
+        lambda seq: json.dumps({"seq": seq}).encode() + body,
+        stream="telemetry",
+        items=items,
+    )
+
+
+def kinds_and_seqs(outbox: Outbox) -> list[tuple[str, int]]:
+    out = []
+    for record in outbox.pending(1_000_000):
+        if record.kind == "telemetry":  # {"seq": N} then padding
+            head = record.payload.split(b"}")[0] + b"}"
+            out.append((record.kind, json.loads(head)["seq"]))
+        else:
+            out.append((record.kind, json.loads(record.payload)["seq"]))
+    return out
+
+
+def events(outbox: Outbox) -> list[dict[str, object]]:
+    return [json.loads(r.payload) for r in outbox.pending(1_000_000) if r.kind == "event"]
+
+
+def test_order_seq_and_ack_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        assert [telemetry(box) for _ in range(3)] == [1, 2, 3]
+        box.append_event("storage", "test", {})
+        first = box.pending(2)
+        box.ack(r.id for r in first)
+        assert box.depth() == 2
+    with Outbox(path) as box:
+        assert telemetry(box) == 4  # seq continues after a restart
+        assert [r.kind for r in box.pending(10)] == ["telemetry", "event", "telemetry"]
+        assert box.last_seq("events") == 1
+
+
+def test_the_file_stays_under_the_cap_and_drops_are_exact(tmp_path: Path) -> None:
+    cap = 256 * KIB
+    path = tmp_path / "o.db"
+    with Outbox(path, max_bytes=cap) as box:
+        biggest = 0
+        for _ in range(2000):  # ~2 MB offered to a 256 KiB outbox
+            telemetry(box)
+            biggest = max(biggest, box.file_bytes())
+        assert biggest <= cap * 1.01, biggest  # the documented margin: 1 %
+        counters = box.counters()
+        remaining = [s for k, s in kinds_and_seqs(box) if k == "telemetry"]
+        # Every seq handed out is either still here or counted as dropped: nothing vanishes.
+        assert counters["dropped_telemetry"] + len(remaining) == 2000
+        assert counters["dropped_samples"] == 10 * counters["dropped_telemetry"]
+        # Oldest first: what is left is the newest, without holes.
+        assert remaining == list(range(2001 - len(remaining), 2001))
+        assert len(remaining) > 100
+        names = [e["name"] for e in events(box)]
+        assert names == ["dropping_started"]  # once, and it survived the drops
+        assert box.dropping
+
+
+def test_dropping_stops_once_there_is_room_again(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=128 * KIB) as box:
+        while not box.dropping:
+            telemetry(box)
+        box.ack(r.id for r in box.pending(1_000_000) if r.kind == "telemetry")
+        assert not box.dropping
+        stopped = [e for e in events(box) if e["name"] == "dropping_stopped"]
+        assert len(stopped) == 1
+        assert stopped[0]["type"] == "storage"
+        assert stopped[0]["data"]["dropped_telemetry"] >= 1  # type: ignore[index]
+
+
+def test_events_and_responses_go_last(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=128 * KIB) as box:
+        for i in range(20):
+            box.append("response", "commands/response", lambda _s, i=i: f'{{"seq":{i}}}'.encode())
+            box.append_event("alert", f"a{i}", {"pad": "y" * 900})
+        for _ in range(400):
+            telemetry(box)
+        counters = box.counters()
+        assert counters["dropped_telemetry"] > 0
+        assert "dropped_event" not in counters and "dropped_response" not in counters
+        kinds = [k for k, _ in kinds_and_seqs(box)]
+        assert kinds.count("response") == 20
+        assert sum(1 for e in events(box) if str(e["name"]).startswith("a")) == 20
+
+
+def test_events_are_dropped_when_there_is_no_telemetry_left(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=64 * KIB) as box:
+        for i in range(200):
+            box.append_event("alert", f"a{i}", {"pad": "y" * 900})
+        counters = box.counters()
+        assert counters["dropped_event"] > 0
+        names = [str(e["name"]) for e in events(box)]
+        alerts = [int(n[1:]) for n in names if n.startswith("a")]
+        assert alerts == list(range(200 - len(alerts), 200))  # the oldest went
+
+
+def test_records_in_flight_are_not_dropped(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=128 * KIB) as box:
+        for _ in range(10):
+            telemetry(box)
+        box.in_flight = {r.id for r in box.pending(5)}
+        for _ in range(600):
+            telemetry(box)
+        ids = {r.id for r in box.pending(1_000_000)}
+        assert box.in_flight <= ids
+        assert box.counters()["dropped_telemetry"] > 0
+
+
+def test_a_record_larger_than_the_cap_is_dropped_and_counted(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=64 * KIB) as box:
+        with pytest.raises(OutboxFull):
+            telemetry(box, size=200 * KIB, items=7)
+        assert box.counters()["dropped_telemetry"] == 1
+        assert box.counters()["dropped_samples"] == 7
+        assert telemetry(box) == 1  # the refused record never got a seq (its write rolled back)
+
+
+def test_old_telemetry_expires(tmp_path: Path) -> None:
+    now = [1000.0]
+    with Outbox(tmp_path / "o.db", max_age_s=3600, clock=lambda: now[0]) as box:
+        telemetry(box, items=3)
+        box.append_event("storage", "kept", {})
+        now[0] += 1800
+        telemetry(box, items=3)
+        now[0] += 1801
+        assert box.expire() == 1
+        assert box.counters() == {"expired_telemetry": 1, "expired_samples": 3}
+        assert [k for k, _ in kinds_and_seqs(box)] == ["event", "telemetry"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_file_is_moved_aside(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "o.db"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(64 * KIB))
+    else:
+        with Outbox(path) as box:
+            for _ in range(300):
+                telemetry(box)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] + b"\0" * 100)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    now = 1_800_000_000.0
+    with Outbox(path, clock=lambda: now) as box:
+        assert box.damaged is not None
+        moved = Path(box.damaged["moved_to"])
+        assert moved.exists() and moved.name.startswith("o.db.damaged-")
+        # Fresh numbers start from the clock, so they cannot repeat the lost file's numbers.
+        assert telemetry(box) == int(now * 1000) + 2 or telemetry(box) > 300
+        damaged = [e for e in events(box) if e["name"] == "outbox_damaged"]
+        assert len(damaged) == 1 and damaged[0]["data"]["moved_to"] == str(moved)  # type: ignore[index]
+
+
+def test_a_path_that_cannot_be_opened_is_an_error_not_damage(tmp_path: Path) -> None:
+    """Not the file's fault (here: a directory where the file should be): nothing is moved."""
+    path = tmp_path / "o.db"
+    path.mkdir()
+    with pytest.raises(OutboxError, match="cannot open the outbox"):
+        Outbox(path).open()
+    assert path.is_dir()
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_counters_are_persistent(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_bytes=64 * KIB) as box:
+        for _ in range(300):
+            telemetry(box)
+        dropped = box.counters()["dropped_telemetry"]
+    with Outbox(path, max_bytes=64 * KIB) as box:
+        assert box.counters()["dropped_telemetry"] == dropped
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,0 +1,194 @@
+"""Nothing acknowledged is lost: broker restarts and SIGKILLs, the size cap, damaged files.
+
+These run the daemon as a subprocess with the simulator in-process, against a real mosquitto
+that persists its sessions, and a back-end subscriber with a persistent session (clean session
+off, QoS 1), as a fleet back end would run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
+
+KIB = 1024
+
+
+def _db(daemon: Daemon) -> Path:
+    return daemon.config.parent / "state" / "outbox.db"
+
+
+def _sql(daemon: Daemon, query: str) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(_db(daemon))
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+def _last_seq(daemon: Daemon, stream: str = "telemetry") -> int:
+    rows = _sql(daemon, f"SELECT last FROM seq WHERE stream = '{stream}'")
+    return int(rows[0][0]) if rows else 0  # type: ignore[arg-type]
+
+
+def _telemetry_seqs(sub: Subscriber) -> list[int]:
+    return [m.json()["seq"] for m in sub.on("telemetry")]
+
+
+def test_fault_broker_restarts_and_sigkills_lose_nothing(
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    report: Callable[[str], None],
+) -> None:
+    """10 broker stops and starts, 3 SIGKILLs of the daemon: every seq arrives, no gap."""
+    rng = random.Random(7)
+    broker = broker_factory(persistent=True)
+    backend = Subscriber(broker.port, client_id="fleet-backend", clean_session=False)
+    daemon = make_daemon(broker.port, scenario="driving", speedup=4.0, every_value=True)
+    daemon.start()
+    backend.wait_for("telemetry", timeout=20)
+    outages: list[float] = []
+    kills = 0
+    for cycle in range(10):
+        time.sleep(rng.uniform(0.8, 1.6))
+        broker.stop()
+        down = time.monotonic()
+        time.sleep(rng.uniform(0.3, 1.2))
+        if cycle in (2, 5, 8):
+            daemon.signal(signal.SIGKILL)
+            daemon.wait(10)
+            kills += 1
+            daemon.start()
+            time.sleep(0.5)
+        broker.start()
+        outages.append(time.monotonic() - down)
+    time.sleep(2.0)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0
+    depth = int(_sql(daemon, "SELECT count(*) FROM outbox")[0][0])  # type: ignore[arg-type]
+    if depth:  # what the 3 s drain at shutdown could not send goes out on the next start
+        with running(daemon):
+            wait_until(
+                lambda: _sql(daemon, "SELECT count(*) FROM outbox")[0][0] == 0,
+                20,
+                "the outbox to drain",
+            )
+    last = _last_seq(daemon)
+    wait_until(
+        lambda: set(range(1, last + 1)) <= set(_telemetry_seqs(backend)),
+        30,
+        f"every seq up to {last}",
+    )
+    backend.close()
+    seqs = _telemetry_seqs(backend)
+    missing = sorted(set(range(1, last + 1)) - set(seqs))
+    duplicates = len(seqs) - len(set(seqs))
+    report(
+        f"fault test: {len(seqs)} telemetry messages received, seq 1..{last}, "
+        f"{duplicates} duplicates, {broker.starts - 1} broker restarts, {kills} SIGKILLs, "
+        f"longest outage {max(outages):.2f} s, missing {missing}"
+    )
+    assert broker.starts - 1 >= 10 and kills >= 3
+    assert missing == []
+    assert max(seqs) == last  # nothing beyond what the daemon handed out
+
+
+def test_cap_holds_and_drop_counters_are_exact(
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    report: Callable[[str], None],
+) -> None:
+    """Broker down, a 0.25 MB outbox and a heavy stream: the file stays under the cap, the
+    oldest telemetry is dropped and counted exactly, and the storage event survives."""
+    broker = broker_factory(persistent=True)
+    backend = Subscriber(broker.port, client_id="fleet-backend", clean_session=False)
+    time.sleep(0.5)  # the persistent session exists on the broker
+    broker.stop()
+    cap = int(0.25 * 1024 * KIB)
+    daemon = make_daemon(
+        broker.port,
+        scenario="driving",
+        speedup=10.0,
+        every_value=True,
+        storage="  max_mb: 0.25\n",
+        telemetry="  batch_interval_ms: 50\n  batch_max_samples: 50\n  health_interval_s: 1\n",
+    )
+    daemon.start()
+    peak = 0
+    db, wal = _db(daemon), Path(f"{_db(daemon)}-wal")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        size = sum(p.stat().st_size for p in (db, wal) if p.exists())
+        peak = max(peak, size)
+        if db.exists():
+            rows = _sql(daemon, "SELECT value FROM counters WHERE name = 'dropped_telemetry'")
+            if rows and int(rows[0][0]) > 200:  # type: ignore[call-overload]
+                break
+        time.sleep(0.05)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0
+    size = sum(p.stat().st_size for p in (db, wal) if p.exists())
+    assert max(peak, size) <= cap * 1.01, (peak, size, cap)
+
+    counters = dict(_sql(daemon, "SELECT name, value FROM counters"))
+    dropped = int(counters["dropped_telemetry"])  # type: ignore[call-overload]
+    kept = [int(r[0]) for r in _sql(daemon, "SELECT id FROM outbox WHERE kind = 'telemetry'")]
+    last = _last_seq(daemon)
+    assert dropped > 200
+    assert dropped + len(kept) == last  # every seq is either kept or counted
+    assert "dropped_event" not in counters  # events go last
+    names = [str(r[0]) for r in _sql(daemon, "SELECT payload FROM outbox WHERE kind = 'event'")]
+    assert any('"name":"dropping_started"' in n for n in names)
+
+    # The broker returns: the kept telemetry and the storage event arrive; the missing seqs
+    # are exactly the dropped ones, the oldest.
+    broker.start()
+    with running(daemon):
+        wait_until(
+            lambda: (
+                _last_seq(daemon) in _telemetry_seqs(backend)
+                or max(_telemetry_seqs(backend) or [0]) > last
+            ),
+            30,
+            "the backlog",
+        )
+        health = backend.wait_for("health", lambda m: "dropped_telemetry" in m.json()["dropped"])
+    backend.close()
+    received = {s for s in _telemetry_seqs(backend) if s <= last}
+    missing = set(range(1, last + 1)) - received
+    assert missing == set(range(1, dropped + 1))
+    assert health.json()["dropped"]["dropped_telemetry"] >= dropped
+    storage = [m.json() for m in backend.on("events") if m.json()["type"] == "storage"]
+    assert storage[0]["name"] == "dropping_started"
+    report(
+        f"cap test: cap {cap} B, peak {max(peak, size)} B, dropped {dropped} oldest "
+        f"telemetry messages of {last}, kept and delivered {len(received)}"
+    )
+
+
+def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(
+    broker: Broker, make_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = make_daemon(broker.port)
+    db = _db(daemon)
+    db.parent.mkdir(parents=True)
+    db.write_bytes(os.urandom(32 * KIB))
+    backend = Subscriber(broker.port)
+    with running(daemon):
+        event = daemon.wait_event("outbox_damaged")
+        assert Path(event["moved_to"]).exists()
+        assert "not a database" in event["error"]
+        first = backend.wait_for("telemetry").json()
+        storage = backend.wait_for("events").json()
+        time.sleep(1.0)
+        assert daemon.alive()
+    backend.close()
+    assert first["seq"] > 10**12  # numbered from the clock: no reuse of lost numbers
+    assert (storage["type"], storage["name"]) == ("storage", "outbox_damaged")
+    assert storage["data"]["moved_to"] == event["moved_to"]
