@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -237,3 +238,138 @@ def test_plan_charge_cli_prints_the_plan() -> None:
     assert out["energy_kwh"] == pytest.approx(30.0) and out["cost"] == pytest.approx(3.6)
     assert out["slots"][0]["end"] == "2026-11-26T06:00:00+00:00"
     assert out["slots"][0]["power_kw"] == 11.0
+
+
+# --- grid limits and carbon intensity (INTERFACE section 6 and 8) ---------------------------
+
+
+def _grid_problem(rng: random.Random) -> Problem:
+    base = _problem(rng)
+    tariff = [
+        TariffInterval(
+            start=iv.start, end=iv.end, price=iv.price, co2_g_per_kwh=rng.uniform(20, 700)
+        )
+        for iv in base.tariff
+    ]
+    limits = []
+    for _ in range(rng.randint(0, 6)):
+        start = T0 + timedelta(minutes=rng.randint(-60, 24 * 60))
+        length = timedelta(minutes=rng.choice([10, 30, 45, 60, 180]))
+        power = rng.choice([0.0, 0.0, 1.4, 3.7, 5.0, 50.0])  # 0 pauses; 50 caps nothing
+        limits.append({"start": start, "end": start + length, "max_power_kw": power})
+    return Problem.model_validate(
+        {
+            **base.model_dump(exclude={"tariff"}),
+            "tariff": tariff,
+            "limits": limits,
+            "co2_weight": rng.choice([0.0, 0.05, 0.3, 2.0]),
+        }
+    )
+
+
+def _grid_reference(problem: Problem) -> tuple[float, float]:
+    """(max reachable grid energy, optimal objective) by linear programming, written apart
+    from the planner: time is cut at every boundary of anything (tariff, limits, now,
+    departure) and each elementary segment gets one variable, capped by the lowest power
+    allowed at its midpoint."""
+    moments = {problem.now, problem.departure}
+    for iv in problem.tariff:
+        moments |= {iv.start, iv.end}
+    for limit in problem.limits:
+        moments |= {limit.start, limit.end}
+    edges = sorted(m for m in moments if problem.now <= m <= problem.departure)
+    caps, rates = [], []
+    for a, b in itertools.pairwise(edges):
+        mid = a + (b - a) / 2
+        covering = [iv for iv in problem.tariff if iv.start <= mid < iv.end]
+        if not covering:
+            continue
+        (iv,) = covering
+        power = min(
+            [problem.max_power_kw]
+            + [lim.max_power_kw for lim in problem.limits if lim.start <= mid < lim.end]
+        )
+        caps.append(power * (b - a).total_seconds() / 3600)
+        rates.append(iv.price + problem.co2_weight * (iv.co2_g_per_kwh or 0) / 1000)
+    energy = min(problem.grid_energy_needed_kwh, sum(caps))
+    if not caps or energy <= 0:
+        return 0.0, 0.0
+    result = linprog(
+        c=np.array(rates),
+        A_eq=np.ones((1, len(caps))),
+        b_eq=[energy],
+        bounds=[(0, cap) for cap in caps],
+        method="highs",
+    )
+    assert result.success, result.message
+    return energy, float(result.fun)
+
+
+def test_a_thousand_problems_with_limits_and_co2_match_the_lp_optimum() -> None:
+    rng = random.Random(16)
+    infeasible = limited = 0
+    for _ in range(1000):
+        problem = _grid_problem(rng)
+        result = plan(problem)
+        energy, objective = _grid_reference(problem)
+        need = problem.grid_energy_needed_kwh
+        co2_kg = result.co2_kg if result.slots else 0.0
+        assert co2_kg is not None
+        assert result.energy_kwh == pytest.approx(energy, rel=1e-6, abs=1e-6)
+        mine = result.cost + problem.co2_weight * co2_kg
+        assert mine == pytest.approx(objective, rel=1e-6, abs=1e-6)
+        if result.feasible:
+            assert result.energy_kwh >= need - 1e-6
+        else:
+            infeasible += 1
+            assert energy < need - 1e-9  # the LP cannot reach it either
+        _check_slots(problem, result)
+        for slot in result.slots:  # no limit is ever exceeded
+            for limit in problem.limits:
+                if limit.start < slot.end and slot.start < limit.end:
+                    assert slot.power_kw <= limit.max_power_kw + 1e-9, (slot, limit)
+                    limited += limit.max_power_kw < problem.max_power_kw
+    assert 50 < infeasible < 950
+    assert limited > 100  # limits really cut power in many plans
+
+
+def test_a_zero_limit_pauses_and_the_plan_moves_around_it() -> None:
+    limits = [{"start": T0 + timedelta(hours=1), "end": T0 + timedelta(hours=2), "max_power_kw": 0}]
+    result = plan(_simple([0.3, 0.1, 0.2], limits=limits))  # 10 kWh; the cheap hour is closed
+    assert result.feasible
+    assert [(s.start, s.end, s.price) for s in result.slots] == [
+        (T0 + timedelta(hours=2), T0 + timedelta(hours=3), 0.2)
+    ]
+
+
+def test_a_partial_limit_caps_power_inside_one_interval() -> None:
+    limits = [
+        {"start": T0 + timedelta(minutes=30), "end": T0 + timedelta(hours=1), "max_power_kw": 4}
+    ]
+    result = plan(_simple([0.1, 0.5], limits=limits, target_soc_pct=57))  # 7 kWh needed
+    # The cheap hour gives 10 x 0.5 + 4 x 0.5 = 7 kWh: exactly the need, nothing dearer.
+    assert result.feasible and result.cost == pytest.approx(0.7)
+    assert [(s.start, s.end, s.power_kw) for s in result.slots] == [
+        (T0, T0 + timedelta(minutes=30), 10),
+        (T0 + timedelta(minutes=30), T0 + timedelta(hours=1), 4),
+    ]
+
+
+def test_co2_weight_trades_price_for_cleaner_power() -> None:
+    tariff = [
+        TariffInterval(start=T0, end=T0 + timedelta(hours=1), price=0.10, co2_g_per_kwh=600),
+        TariffInterval(
+            start=T0 + timedelta(hours=1), end=T0 + timedelta(hours=2), price=0.15, co2_g_per_kwh=50
+        ),
+    ]
+    cheap = plan(_simple([], tariff=tariff, departure=T0 + timedelta(hours=2)))
+    assert cheap.slots[0].start == T0 and cheap.co2_kg == pytest.approx(6.0)
+    # 0.2 per kg: the dirty hour costs 0.10 + 0.12, the clean one 0.15 + 0.01.
+    clean = plan(_simple([], tariff=tariff, departure=T0 + timedelta(hours=2), co2_weight=0.2))
+    assert clean.slots[0].start == T0 + timedelta(hours=1)
+    assert clean.co2_kg == pytest.approx(0.5) and clean.cost == pytest.approx(1.5)
+
+
+def test_co2_weight_needs_an_intensity_on_every_interval() -> None:
+    with pytest.raises(ValueError, match=r"tariff\[0\] has no co2_g_per_kwh"):
+        _simple([0.1], co2_weight=1.0)
