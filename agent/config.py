@@ -235,7 +235,7 @@ class TrustedKey(_Model):
 
 
 class ParamSpec(_Model):
-    type: Literal["number", "integer", "boolean", "string", "datetime", "tariff"]
+    type: Literal["number", "integer", "boolean", "string", "datetime", "tariff", "limits"]
     min: Annotated[float, Field(allow_inf_nan=False)] | None = None
     max: Annotated[float, Field(allow_inf_nan=False)] | None = None
     choices: list[str] | None = None
@@ -278,7 +278,16 @@ class CommandDefinition(_Model):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     preconditions: list[Condition] = Field(default_factory=list)
     action: ActionSpec | None = None
-    builtin: Literal["state.snapshot", "charging.schedule", "diagnostics.read_dtcs"] | None = None
+    builtin: (
+        Literal[
+            "state.snapshot",
+            "charging.schedule",
+            "diagnostics.read_dtcs",
+            "grid.signal",
+            "grid.clear",
+        ]
+        | None
+    ) = None
     feedback: FeedbackSpec | None = None
     auto_stop: AutoStopSpec | None = None
 
@@ -327,6 +336,8 @@ class ChargingSettings(_Model):
     max_power_kw: Annotated[float, Field(gt=0, le=1000)] = 11.0
     efficiency: Annotated[float, Field(gt=0, le=1)] = 0.92
     replan_drift_pct: Annotated[float, Field(gt=0, le=50)] = 3.0
+    # Cost units per kg CO2 the planner weighs against price, where the tariff has intensities.
+    co2_weight: Annotated[float, Field(ge=0, le=1e6)] = 0.0
 
 
 class EcuSettings(_Model):

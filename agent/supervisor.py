@@ -25,6 +25,7 @@ from agent.commands import definitions
 from agent.commands.auth import Verifier
 from agent.commands.executor import Executor
 from agent.commands.store import CommandStore
+from agent.energy.grid import GridRunner
 from agent.energy.schedule import ScheduleRunner
 from agent.errors import AgentError, ConfigError
 from agent.maintenance.alerts import AlertEngine
@@ -89,6 +90,8 @@ class Agent:
         self.alerts = AlertEngine.from_settings(self.settings.alerts)
         self.uplink: Uplink | None = None
         self.executor: Executor | None = None
+        self.schedule: ScheduleRunner | None = None
+        self.grid: GridRunner | None = None
         self._signals = 0
 
     def _on_request(self, payload: bytes, properties: Any) -> None:
@@ -108,6 +111,10 @@ class Agent:
             "ts": round(time.time(), 3),
             "values": {p: s.value for p, s in latest.items()},
             "alerts": self.alerts.active,
+            "charging": {
+                "plan": self.schedule.state() if self.schedule is not None else None,
+                **(self.grid.state() if self.grid is not None else {"limit": None}),
+            },
         }
 
     def _on_signal(self, signum: int) -> None:
@@ -190,14 +197,26 @@ class Agent:
                 request_state=self.uplink.request_state,
                 rejections_per_s=settings.commands.rejections_per_s,
             )
-            self.schedule = ScheduleRunner(
+            self.grid = grid = GridRunner(
+                store=store, power_cap=self.executor.power_cap, event=self._charging_event
+            )
+            self.schedule = schedule = ScheduleRunner(
                 settings=settings.charging,
                 store=store,
                 values=self._values,
                 charge=self.executor.charge,
                 event=self._charging_event,
+                grid=grid.current,
             )
-            self.executor.schedule = self.schedule.accept
+            grid.load()  # before the schedule resumes: it plans with the stored signal
+            grid.on_change = schedule.on_grid_change
+            self.executor.handlers.update(
+                {
+                    "charging.schedule": schedule.accept,
+                    "grid.signal": grid.accept,
+                    "grid.clear": grid.clear,
+                }
+            )
             if settings.diagnostics.ecus:
                 self.executor.read_dtcs = dtc_reader.read
             self._dtc_reader = dtc_reader
@@ -224,7 +243,8 @@ class Agent:
                     tg.create_task(self._reloader())
                     tg.create_task(self._watch_alerts())
                     tg.create_task(self._scan_dtcs())
-                    tg.create_task(self.schedule.run())
+                    tg.create_task(schedule.run())
+                    tg.create_task(grid.run())
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))

@@ -78,6 +78,17 @@ def _idle_value(signal: Signal) -> Any:
     return value
 
 
+def _first_error(exc: Exception) -> str:
+    """One line for a back end: where in the parameter, and what is wrong."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        return f"{where.lstrip('.')}: {error['msg']}" if where else str(error["msg"])
+    return str(exc).splitlines()[0]
+
+
 def _check_value(name: str, spec: ParamSpec, value: Any) -> Any:
     kind = spec.type
     if kind == "datetime":
@@ -99,8 +110,17 @@ def _check_value(name: str, spec: ParamSpec, value: Any) -> Any:
             intervals = TypeAdapter(list[TariffInterval]).validate_python(value)
             check_tariff(intervals)
         except (ValidationError, ValueError) as exc:
-            first = str(exc).splitlines()[0]
-            raise BadParams(f"{name}: {first}") from None
+            raise BadParams(f"{name}: {_first_error(exc)}") from None
+        return value
+    if kind == "limits":
+        from pydantic import TypeAdapter, ValidationError
+
+        from agent.energy.planner import Limit, check_limits
+
+        try:
+            check_limits(TypeAdapter(list[Limit]).validate_python(value))
+        except (ValidationError, ValueError) as exc:
+            raise BadParams(f"{name}: {_first_error(exc)}") from None
         return value
     if kind == "boolean":
         if not isinstance(value, bool):

@@ -60,6 +60,10 @@ def _reply_to(properties: Any) -> tuple[str, bytes | None] | None:
     return topic, bytes(correlation) if correlation is not None else None
 
 
+# A builtin's handler: the command's checked parameters in, (status, detail) out.
+Handler = Callable[[dict[str, Any]], tuple[str, str | None]]
+
+
 @dataclass(slots=True)
 class CommandStats:
     by_status: dict[str, int] = field(default_factory=dict)
@@ -125,9 +129,11 @@ class Executor:
         request_state: Callable[[], None],
         rejections_per_s: float = 20.0,
         clock: Callable[[], float] = time.time,
-        schedule: Callable[[dict[str, Any]], tuple[str, str | None]] | None = None,
+        handlers: dict[str, Handler] | None = None,
     ) -> None:
-        self.schedule = schedule  # charging.schedule's handler (the schedule runner)
+        # Builtins that other stages register (charging.schedule, grid.signal, grid.clear):
+        # the executor verifies and admits the command, the handler carries it out.
+        self.handlers: dict[str, Handler] = dict(handlers or {})
         self.read_dtcs: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self._verifier = verifier
         self._commands = commands
@@ -307,11 +313,12 @@ class Executor:
                 failed = sorted(name for name, r in result.items() if "error" in r)
                 if failed:
                     detail = f"no DTCs from {', '.join(failed)} (see result)"
-        elif definition.builtin == "charging.schedule":
-            if self.schedule is None:
-                status, detail = "failed", "charge scheduling is not available"
+        elif definition.builtin is not None:
+            handler = self.handlers.get(definition.builtin)
+            if handler is None:
+                status, detail = "failed", f"{definition.builtin} is not available on this car"
             else:
-                status, detail = self.schedule(params)
+                status, detail = handler(params)
         else:
             status, detail = await self._send_frames(resolved, params)
             if status == "succeeded" and resolved.feedback is not None:
@@ -380,6 +387,17 @@ class Executor:
         if resolved is None or resolved.definition.action is None:
             return "charging.start/charging.stop are not defined for this car"
         status, detail = await self._send_frames(resolved, {})
+        return None if status == "succeeded" else detail
+
+    async def power_cap(self, cap_kw: float | None) -> str | None:
+        """Ask the charger to draw at most `cap_kw` (charging.set_power_max), or lift the cap
+        (charging.clear_power_max), for the grid runner; the error detail, or None."""
+        name = "charging.set_power_max" if cap_kw is not None else "charging.clear_power_max"
+        resolved = self._commands.get(name)
+        if resolved is None or resolved.definition.action is None:
+            return f"{name} is not defined for this car"
+        params = {"power_kw": cap_kw} if cap_kw is not None else {}
+        status, detail = await self._send_frames(resolved, params)
         return None if status == "succeeded" else detail
 
     @staticmethod

@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS schedule (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS grid (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     due REAL NOT NULL,
@@ -155,4 +159,15 @@ class CommandStore:
 
     def load_schedule(self) -> str | None:
         row = self._run("SELECT body FROM schedule WHERE id = 1").fetchone()
+        return str(row[0]) if row else None
+
+    def save_grid(self, body: str | None) -> None:
+        """The latest grid signal (tariff, limits, valid until), or None after grid.clear."""
+        if body is None:
+            self._run("DELETE FROM grid")
+        else:
+            self._run("INSERT OR REPLACE INTO grid(id, body) VALUES(1, ?)", (body,))
+
+    def load_grid(self) -> str | None:
+        row = self._run("SELECT body FROM grid WHERE id = 1").fetchone()
         return str(row[0]) if row else None

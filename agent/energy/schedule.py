@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import structlog
 
 from agent.config import ChargingSettings
+from agent.energy.grid import GridSignal
 from agent.energy.planner import Plan, Problem, Slot, TariffInterval, plan
 from agent.errors import StoreError
 
@@ -70,9 +71,11 @@ class ScheduleRunner:
         values: Callable[[], Mapping[str, Any]],
         charge: Callable[[bool], Awaitable[str | None]],
         event: Callable[[str, dict[str, Any]], None],
+        grid: Callable[[], GridSignal | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._grid = grid
         self._store = store
         self._values = values
         self._charge = charge
@@ -85,10 +88,15 @@ class ScheduleRunner:
         soc = self._values().get(SOC)
         if not isinstance(soc, int | float):
             return "failed", "the state of charge is not known yet"
+        # Without a tariff of its own the schedule follows the grid signal's, now and at
+        # every re-plan (a later signal re-plans it).
+        tariff = params.get("tariff")
+        if tariff is None and not self._grid_tariff():
+            return "failed", "no tariff given, and no grid signal with a tariff"
         request = {
             "departure": params["departure"],
             "target_soc_pct": params["target_soc_pct"],
-            "tariff": params["tariff"],
+            "tariff": tariff,
         }
         try:
             self._store.save_schedule(json.dumps(request))
@@ -117,11 +125,27 @@ class ScheduleRunner:
         )
         self._replan(soc, reason)
 
-    def _replan(self, soc: float, reason: str) -> None:
+    def _grid_tariff(self) -> list[TariffInterval]:
+        signal = self._grid()
+        return list(signal.tariff) if signal is not None else []
+
+    def on_grid_change(self) -> None:
+        """A new grid signal, or none any more: an active schedule is planned again."""
         active = self.active
-        assert active is not None
-        now = self._clock()
-        problem = Problem(
+        soc = self._values().get(SOC)
+        if active is not None and isinstance(soc, int | float):
+            self._replan(float(soc), "grid_signal", event="replan")
+
+    def _problem(self, active: _Active, soc: float, now: float) -> Problem:
+        own = active.request.get("tariff")
+        if own is not None:
+            tariff = [TariffInterval.model_validate(t) for t in own]
+        else:
+            tariff = self._grid_tariff()
+        signal = self._grid()
+        # CO2 counts only where every interval says how clean it is.
+        weighted = all(iv.co2_g_per_kwh is not None for iv in tariff)
+        return Problem(
             now=datetime.fromtimestamp(now, UTC),
             departure=active.departure,
             soc_pct=soc,
@@ -129,12 +153,19 @@ class ScheduleRunner:
             capacity_kwh=self._settings.capacity_kwh,
             max_power_kw=self._settings.max_power_kw,
             efficiency=self._settings.efficiency,
-            tariff=[TariffInterval.model_validate(t) for t in active.request["tariff"]],
+            tariff=tariff,
+            co2_weight=self._settings.co2_weight if weighted else 0.0,
+            limits=list(signal.limits) if signal is not None else [],
         )
-        active.plan = plan(problem)
+
+    def _replan(self, soc: float, reason: str, *, event: str = "plan_accepted") -> None:
+        active = self.active
+        assert active is not None
+        now = self._clock()
+        active.plan = plan(self._problem(active, soc, now))
         active.planned_at, active.soc_at_plan, active.last_replan = now, soc, now
         self._event(
-            "plan_accepted",
+            event,
             {
                 "reason": reason,
                 "feasible": active.plan.feasible,
@@ -229,6 +260,18 @@ class ScheduleRunner:
             await self._command(False)
             if was_charging:
                 self._event("slot_ended", {"at": moment.isoformat()})
+
+    def state(self) -> dict[str, Any] | None:
+        """The plan being run, for P/state."""
+        active = self.active
+        if active is None:
+            return None
+        return {
+            "departure": active.departure.isoformat(),
+            "target_soc_pct": active.target,
+            "feasible": active.plan.feasible,
+            "slots": [_slot_json(s) for s in active.plan.slots],
+        }
 
     def _expected_soc(self, active: _Active, now: float) -> float:
         since = datetime.fromtimestamp(active.planned_at, UTC)

@@ -201,4 +201,10 @@ def handle_command(state: VehicleState, name: str, values: Values) -> str | None
     elif name == "TCU_ChargeLimitRequest" and str(values.get("TCU_ChargeLimitValid")) == "VALID":
         physics.set_charge_limit(state, int(values["TCU_ChargeLimitReq"]))
         return f"charge limit {state.charge_limit} %"
+    elif name == "TCU_ChargePowerRequest":
+        if str(values.get("TCU_ChargePowerMode")) == "LIMITED":
+            physics.set_power_cap(state, float(values["TCU_ChargePowerMax"]))
+            return f"charge power at most {state.power_cap_kw:.1f} kW"
+        physics.set_power_cap(state, None)
+        return "charge power unlimited"
     return None

@@ -42,6 +42,8 @@ class VehicleState:
     charger_kw: float = 11.0
     charge_power: float = 0.0
     charge_limit: int = 80
+    # The grid's cap on charging power (TCU_ChargePowerRequest); None: the charger's own.
+    power_cap_kw: float | None = None
     tyres_bar: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.4, 2.4])
     tyre_leak_bar_per_h: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     lv_voltage: float = 12.6
@@ -147,7 +149,9 @@ def start_charging(state: VehicleState) -> bool:
     if state.soc >= state.charge_limit:
         state.charge_state = "COMPLETE"
         return True
-    state.cable, state.charge_state = "LOCKED", "CHARGING"
+    # Under a grid cap of 0 the session starts paused, and runs when the cap lifts.
+    state.cable = "LOCKED"
+    state.charge_state = "WAITING" if state.power_cap_kw == 0 else "CHARGING"
     return True
 
 
@@ -156,6 +160,16 @@ def stop_charging(state: VehicleState) -> None:
         state.charge_state, state.charge_power = "IDLE", 0.0
         if state.cable == "LOCKED":
             state.cable = "CONNECTED"
+
+
+def set_power_cap(state: VehicleState, cap_kw: float | None) -> None:
+    """The charger's answer to a power request: draw at most `cap_kw`; 0 pauses a session
+    (WAITING) and a higher cap, or none, resumes it."""
+    state.power_cap_kw = None if cap_kw is None else max(0.0, cap_kw)
+    if state.power_cap_kw == 0 and state.charge_state == "CHARGING":
+        state.charge_state, state.charge_power = "WAITING", 0.0
+    elif state.power_cap_kw != 0 and state.charge_state == "WAITING":
+        state.charge_state = "CHARGING"
 
 
 def set_charge_limit(state: VehicleState, limit: int) -> None:
@@ -194,6 +208,8 @@ def step(state: VehicleState, dt: float, rng: random.Random | None = None) -> No
     if state.charge_state == "CHARGING":
         taper = 1.0 if state.soc < 90 else max(0.15, (100.0 - state.soc) / 10.0)
         state.charge_power = state.charger_kw * taper
+        if state.power_cap_kw is not None:
+            state.charge_power = min(state.charge_power, state.power_cap_kw)
         if state.soc >= state.charge_limit:
             state.charge_state, state.charge_power = "COMPLETE", 0.0
     else:
