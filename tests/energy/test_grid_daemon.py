@@ -41,8 +41,17 @@ def test_a_zero_limit_pauses_a_schedule_across_a_restart_and_the_target_is_still
     car = threading.Thread(
         target=cli.main,
         args=(
-            ["simulate", "-c", str(rig.config), "--scenario", "plugged_in"]
-            + ["--speedup", "4", "--duration", "400"],
+            [
+                "simulate",
+                "-c",
+                str(rig.config),
+                "--scenario",
+                "plugged_in",
+                "--speedup",
+                "4",
+                "--duration",
+                "400",
+            ],
         ),
         daemon=True,
     )
