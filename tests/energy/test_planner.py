@@ -373,3 +373,43 @@ def test_co2_weight_trades_price_for_cleaner_power() -> None:
 def test_co2_weight_needs_an_intensity_on_every_interval() -> None:
     with pytest.raises(ValueError, match=r"tariff\[0\] has no co2_g_per_kwh"):
         _simple([0.1], co2_weight=1.0)
+
+
+def test_plan_charge_cli_with_co2_and_limits_gives_the_worked_example() -> None:
+    """docs/energy.md's worked example, through the CLI: the windy morning within its limits,
+    the rest from the end of the night, and the CO2 of it."""
+    body = json.loads(
+        """{"now": "2026-11-25T18:00:00Z", "departure": "2026-11-26T07:00:00Z",
+        "soc_pct": 35, "target_soc_pct": 80, "capacity_kwh": 60, "max_power_kw": 11,
+        "efficiency": 0.9, "co2_weight": 0.1,
+        "tariff": [
+         {"start": "2026-11-25T18:00:00Z", "end": "2026-11-25T22:00:00Z", "price": 0.31,
+          "co2_g_per_kwh": 420},
+         {"start": "2026-11-25T22:00:00Z", "end": "2026-11-26T02:00:00Z", "price": 0.12,
+          "co2_g_per_kwh": 380},
+         {"start": "2026-11-26T02:00:00Z", "end": "2026-11-26T06:00:00Z", "price": 0.14,
+          "co2_g_per_kwh": 90}],
+        "limits": [
+         {"start": "2026-11-26T03:00:00Z", "end": "2026-11-26T04:00:00Z", "max_power_kw": 0},
+         {"start": "2026-11-26T04:00:00Z", "end": "2026-11-26T05:00:00Z", "max_power_kw": 3.7}]}"""
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "plan-charge", "--input", "-"],
+        input=json.dumps(body),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(result.stdout)
+    assert (out["feasible"], out["energy_kwh"], out["cost"], out["co2_kg"]) == (
+        True,
+        30.0,
+        4.114,
+        3.947,
+    )
+    assert [(s["start"][11:16], s["end"][11:16], s["power_kw"]) for s in out["slots"]] == [
+        ("01:36", "02:00", 11.0),
+        ("02:00", "03:00", 11.0),
+        ("04:00", "05:00", 3.7),
+        ("05:00", "06:00", 11.0),
+    ]
