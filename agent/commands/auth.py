@@ -23,6 +23,9 @@ from agent.config import CommandSettings, public_key_bytes
 from agent.errors import AgentError
 
 MAX_TOKEN_BYTES = 16 * 1024
+# campaign.apply and campaign.remove only: a campaign names many signals. Every other command
+# is refused above MAX_TOKEN_BYTES once its claims are read.
+MAX_CAMPAIGN_TOKEN_BYTES = 64 * 1024
 
 REASONS = (
     "MALFORMED",
@@ -97,8 +100,10 @@ class Verifier:
         return cls(vehicle_id, keys, settings.max_ttl_s, settings.clock_skew_s)
 
     def verify(self, token: bytes, now: float) -> VerifiedCommand:
-        if len(token) > MAX_TOKEN_BYTES:
-            raise AuthError("MALFORMED", f"token of {len(token)} bytes is over {MAX_TOKEN_BYTES}")
+        if len(token) > MAX_CAMPAIGN_TOKEN_BYTES:
+            raise AuthError(
+                "MALFORMED", f"token of {len(token)} bytes is over {MAX_CAMPAIGN_TOKEN_BYTES}"
+            )
         try:
             text = token.decode("ascii").strip()
             header = jwt.get_unverified_header(text)
@@ -154,6 +159,13 @@ class Verifier:
         command = claims.get("cmd")
         if not isinstance(command, str) or not command:
             raise AuthError("MALFORMED", "cmd must be a non-empty string", jti)
+        if len(token) > MAX_TOKEN_BYTES and not command.startswith("campaign."):
+            raise AuthError(
+                "MALFORMED",
+                f"token of {len(token)} bytes is over {MAX_TOKEN_BYTES} "
+                "(64 KiB only for campaign.*)",
+                jti,
+            )
         params = claims.get("params", {})
         if not isinstance(params, dict):
             raise AuthError("BAD_PARAMS", "params must be an object", jti)

@@ -20,7 +20,7 @@ from typing import Any
 import can
 import structlog
 
-from agent.commands.auth import MAX_TOKEN_BYTES, AuthError, VerifiedCommand, Verifier
+from agent.commands.auth import MAX_CAMPAIGN_TOKEN_BYTES, AuthError, VerifiedCommand, Verifier
 from agent.commands.definitions import BadParams, ResolvedCommand
 from agent.commands.store import CommandStore
 from agent.errors import AgentError, StoreError
@@ -134,6 +134,9 @@ class Executor:
         # Builtins that other stages register (charging.schedule, grid.signal, grid.clear):
         # the executor verifies and admits the command, the handler carries it out.
         self.handlers: dict[str, Handler] = dict(handlers or {})
+        # Their checks of parameters beyond the types (a campaign against the mapped paths),
+        # run at admission: a BadParams there is a BAD_PARAMS rejection, before `accepted`.
+        self.validators: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.read_dtcs: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self._verifier = verifier
         self._commands = commands
@@ -163,9 +166,11 @@ class Executor:
     # --- requests (synchronous: called for each MQTT request) ---------------------------
     def on_request(self, payload: bytes, properties: Any = None) -> None:
         self.stats.requests += 1
-        if len(payload) > MAX_TOKEN_BYTES:  # refused before any parsing
+        if len(payload) > MAX_CAMPAIGN_TOKEN_BYTES:  # refused before any parsing
             self._reject(
-                None, "MALFORMED", f"request of {len(payload)} bytes is over {MAX_TOKEN_BYTES}"
+                None,
+                "MALFORMED",
+                f"request of {len(payload)} bytes is over {MAX_CAMPAIGN_TOKEN_BYTES}",
             )
             return
         command_id: str | None = None
@@ -198,6 +203,15 @@ class Executor:
         else:
             try:
                 params = resolved.check_params(command.params)
+                builtin = resolved.definition.builtin
+                validate = self.validators.get(builtin) if builtin is not None else None
+                if validate is not None:
+                    try:
+                        validate(params)
+                    except BadParams:
+                        raise
+                    except ValueError as exc:  # the validator's own error: its message
+                        raise BadParams(str(exc)) from None
             except BadParams as exc:
                 reason, detail = "BAD_PARAMS", str(exc)
             else:

@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS grid (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     due REAL NOT NULL,
@@ -171,3 +175,15 @@ class CommandStore:
     def load_grid(self) -> str | None:
         row = self._run("SELECT body FROM grid WHERE id = 1").fetchone()
         return str(row[0]) if row else None
+
+    def save_campaign(self, campaign_id: str, body: str | None) -> None:
+        """A campaign as applied (its latest version), or None once it is removed."""
+        if body is None:
+            self._run("DELETE FROM campaigns WHERE id = ?", (campaign_id,))
+        else:
+            self._run(
+                "INSERT OR REPLACE INTO campaigns(id, body) VALUES(?, ?)", (campaign_id, body)
+            )
+
+    def load_campaigns(self) -> list[str]:
+        return [str(r[0]) for r in self._run("SELECT body FROM campaigns ORDER BY id").fetchall()]

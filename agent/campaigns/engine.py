@@ -1,0 +1,353 @@
+"""Runs the car's campaigns: applies and removes them (signed commands), feeds their rings
+from the decode path, fires their triggers, and hands each capture to the outbox.
+
+Costs per frame only for the paths some active campaign reads: the pipeline taps a sample
+only when its path is in `paths`, which is empty while no campaign is active. A condition is
+evaluated on the samples of its own inputs, at their frame times, so a trigger's time is the
+frame that made it true. A capture holds the ring's last `pre_trigger_s` seconds from the
+moment of the trigger, and the next `post_trigger_s` seconds are read from the rings when the
+window has passed. Captures in flight when the agent stops are lost (the campaign itself is
+stored and carries on after a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from agent.campaigns.ring import Ring, Window
+from agent.campaigns.spec import Campaign, CampaignError, Checked, ConditionTrigger, check
+from agent.errors import StoreError
+from agent.vehicle.model import Sample, Value
+
+log = structlog.get_logger("agent.campaigns")
+
+TICK_S = 0.2
+SETTLE_S = 0.3  # after a post-trigger window, for its last frames to arrive
+TRIGGER_EVENTS_EVERY_S = 60.0  # `triggered` events of one campaign: at most one a minute
+
+
+class CampaignStore(Protocol):
+    """Where campaigns are kept (the command store implements it); raises StoreError."""
+
+    def save_campaign(self, campaign_id: str, body: str | None) -> None: ...
+
+    def load_campaigns(self) -> list[str]: ...
+
+
+# Publish one capture: (campaign, trigger time, samples) -> stored in the outbox.
+Publish = Callable[[Campaign, float, list[Sample]], None]
+
+
+@dataclass(slots=True)
+class _Capture:
+    trigger_ts: float
+    end: float
+    samples: list[Sample]  # the pre-trigger part, taken at the trigger
+    # Per path, the time of the last sample already taken: the rest comes at the end (a
+    # sample of another signal in the very frame of the trigger arrives after it).
+    taken_until: dict[str, float]
+
+
+@dataclass(slots=True)
+class _Running:
+    checked: Checked
+    state: str = "pending"  # pending | active | expired
+    rings: dict[str, Ring] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)  # synthetic path -> window
+    was_true: bool = False
+    last_trigger: float = float("-inf")
+    next_period: float = 0.0
+    capture: _Capture | None = None
+    triggers: int = 0
+    unreported: int = 0
+    last_report: float = float("-inf")
+
+    @property
+    def campaign(self) -> Campaign:
+        return self.checked.campaign
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        return self.checked.inputs
+
+
+class CampaignEngine:
+    def __init__(
+        self,
+        *,
+        mapped: frozenset[str],
+        store: CampaignStore,
+        publish: Publish,
+        event: Callable[[str, dict[str, Any]], None],
+        max_memory_bytes: int,
+        paths: set[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._mapped = mapped
+        self._store = store
+        self._publish = publish
+        self._event = event
+        self._max_memory = max_memory_bytes
+        self._clock = clock
+        self._campaigns: dict[str, _Running] = {}
+        # What the pipeline taps (mutated in place: the pipeline holds this very set).
+        self.paths: set[str] = paths if paths is not None else set()
+        self._by_path: dict[str, list[_Running]] = {}
+        self._latest: dict[str, Value] = {}
+
+    # --- commands (the executor's validator and handlers) ----------------------------------
+    def validate(self, params: Mapping[str, Any]) -> None:
+        """campaign.apply's parameters beyond their type; CampaignError names the problem."""
+        checked = check(params.get("campaign"), self._mapped)
+        campaign = checked.campaign
+        others = sum(
+            r.campaign.memory_bytes for cid, r in self._campaigns.items() if cid != campaign.id
+        )
+        if others + campaign.memory_bytes > self._max_memory:
+            raise CampaignError(
+                f"campaign: its rings need {campaign.memory_bytes} bytes and the other "
+                f"campaigns {others}; the car allows {self._max_memory} "
+                f"(campaigns.max_memory_kb)"
+            )
+        old = self._campaigns.get(campaign.id)
+        if old is not None and old.campaign.version >= campaign.version:
+            raise CampaignError(
+                f"campaign.version: {campaign.version} is not newer than the version "
+                f"{old.campaign.version} in place"
+            )
+
+    def apply(self, params: Mapping[str, Any]) -> tuple[str, str | None]:
+        try:
+            self.validate(params)
+            checked = check(params["campaign"], self._mapped)
+        except CampaignError as exc:
+            return "failed", str(exc)
+        campaign = checked.campaign
+        try:
+            self._store.save_campaign(campaign.id, campaign.model_dump_json())
+        except StoreError as exc:
+            return "failed", f"cannot store the campaign: {exc}"
+        replaced = self._campaigns.get(campaign.id)
+        self._install(checked)  # replaces the old version in one step
+        self._event(
+            "accepted",
+            {
+                "campaign": campaign.id,
+                "version": campaign.version,
+                "replaced_version": replaced.campaign.version if replaced else None,
+                "memory_bytes": campaign.memory_bytes,
+            },
+        )
+        self.tick()
+        return "succeeded", None
+
+    def remove(self, params: Mapping[str, Any]) -> tuple[str, str | None]:
+        campaign_id = params.get("id")
+        running = self._campaigns.get(campaign_id) if isinstance(campaign_id, str) else None
+        if running is None:
+            return "failed", f"no campaign {campaign_id!r} on this car"
+        try:
+            self._store.save_campaign(running.campaign.id, None)
+        except StoreError as exc:
+            return "failed", f"cannot remove the campaign: {exc}"
+        del self._campaigns[running.campaign.id]
+        self._rewire()
+        self._event(
+            "removed", {"campaign": running.campaign.id, "version": running.campaign.version}
+        )
+        return "succeeded", None
+
+    # --- state ---------------------------------------------------------------------------------
+    def load(self) -> None:
+        """The stored campaigns, as they were applied (a bad one is logged and skipped)."""
+        try:
+            bodies = self._store.load_campaigns()
+        except StoreError as exc:
+            log.error("campaigns_not_loaded", error=str(exc))
+            return
+        now = self._clock()
+        for body in bodies:
+            try:
+                checked = check(json.loads(body), self._mapped)
+            except (CampaignError, ValueError) as exc:
+                log.error("campaign_not_loaded", error=str(exc))
+                continue
+            self._install(checked)
+            if now >= checked.campaign.expires.timestamp():  # expired while the agent was down
+                self._campaigns[checked.campaign.id].state = "expired"
+        self.tick()
+
+    def state(self) -> list[dict[str, Any]]:
+        """For P/state: each campaign with its state."""
+        return [
+            {
+                "id": r.campaign.id,
+                "version": r.campaign.version,
+                "state": r.state,
+                "triggers": r.triggers,
+            }
+            for r in sorted(self._campaigns.values(), key=lambda r: r.campaign.id)
+        ]
+
+    def memory_bytes(self) -> int:
+        """What the active campaigns' rings hold allocated now."""
+        return sum(r.campaign.memory_bytes for r in self._campaigns.values() if r.rings)
+
+    def _install(self, checked: Checked) -> None:
+        self._campaigns[checked.campaign.id] = _Running(checked)
+        self._rewire()
+
+    def _rewire(self) -> None:
+        """The tapped paths and the per-path lists, from the active campaigns."""
+        by_path: dict[str, list[_Running]] = {}
+        for running in self._campaigns.values():
+            if running.state == "active":
+                for path in running.checked.paths:
+                    by_path.setdefault(path, []).append(running)
+        self._by_path = by_path
+        self.paths.clear()
+        self.paths.update(by_path)
+        for path in list(self._latest):
+            if path not in by_path:
+                del self._latest[path]
+
+    # --- the data path (every tapped sample) -----------------------------------------------
+    def tap(self, sample: Sample) -> None:
+        path, ts, value = sample
+        self._latest[path] = value
+        for running in self._by_path.get(path, ()):
+            ring = running.rings.get(path)
+            if ring is not None:
+                ring.add(ts, value)
+            for window in running.checked.windows:
+                spec = running.checked.windows[window]
+                if spec.path == path:
+                    running.windows[window].add(ts, value)
+            if path in running.inputs:
+                self._evaluate(running, ts)
+
+    def _evaluate(self, running: _Running, ts: float) -> None:
+        checked = running.checked
+        assert checked.condition is not None
+        trigger = checked.campaign.trigger
+        assert isinstance(trigger, ConditionTrigger)
+        values: dict[str, Any] = self._latest
+        if checked.windows:
+            values = dict(self._latest)
+            for name, spec in checked.windows.items():
+                result = running.windows[name].value(spec.function, ts)
+                if result is not None:
+                    values[name] = result
+        holds = checked.condition.evaluate(values, {})
+        edge = holds and (trigger.mode == "always" or not running.was_true)
+        running.was_true = holds
+        if edge and ts - running.last_trigger >= trigger.min_interval_s:
+            self._trigger(running, ts)
+
+    def _trigger(self, running: _Running, ts: float) -> None:
+        if running.capture is not None:
+            return  # one capture at a time; its window is still open
+        campaign = running.campaign
+        running.last_trigger = ts
+        running.triggers += 1
+        start = ts - campaign.pre_trigger_s
+        pre: list[Sample] = []
+        taken: dict[str, float] = {}
+        for path, ring in running.rings.items():
+            for t, v in ring.between(start, ts):
+                pre.append(Sample(path, t, v))
+                taken[path] = t
+        running.capture = _Capture(ts, ts + campaign.post_trigger_s, pre, taken)
+        running.unreported += 1
+        now = self._clock()
+        if now - running.last_report >= TRIGGER_EVENTS_EVERY_S:
+            self._event(
+                "triggered",
+                {
+                    "campaign": campaign.id,
+                    "version": campaign.version,
+                    "trigger_ts": ts,
+                    "count": running.unreported,
+                },
+            )
+            running.unreported, running.last_report = 0, now
+
+    # --- time ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.tick()
+
+    def tick(self) -> None:
+        now = self._clock()
+        changed = False
+        for running in list(self._campaigns.values()):
+            campaign = running.campaign
+            if running.state != "expired" and now >= campaign.expires.timestamp():
+                self._finish_capture(running, force=True)
+                running.state, running.rings, running.windows = "expired", {}, {}
+                changed = True
+                self._event("expired", {"campaign": campaign.id, "version": campaign.version})
+            elif running.state == "pending" and (
+                campaign.start is None or now >= campaign.start.timestamp()
+            ):
+                self._start(running, now)
+                changed = True
+            if running.state != "active":
+                continue
+            period = getattr(campaign.trigger, "period_s", None)
+            if period is not None and now >= running.next_period:
+                running.next_period = now + period
+                self._trigger(running, now)
+            self._finish_capture(running, force=False)
+        if changed:
+            self._rewire()
+
+    def _start(self, running: _Running, now: float) -> None:
+        running.state = "active"
+        running.rings = {
+            s.path: Ring(s.max_samples, s.min_interval_ms) for s in running.campaign.signals
+        }
+        running.windows = {
+            name: _window(spec.seconds) for name, spec in running.checked.windows.items()
+        }
+        period = getattr(running.campaign.trigger, "period_s", None)
+        running.next_period = now + period if period is not None else 0.0
+        self._event(
+            "started",
+            {
+                "campaign": running.campaign.id,
+                "version": running.campaign.version,
+                "at": datetime.fromtimestamp(now, UTC).isoformat(),
+            },
+        )
+
+    def _finish_capture(self, running: _Running, *, force: bool) -> None:
+        capture = running.capture
+        if capture is None or (not force and self._clock() < capture.end + SETTLE_S):
+            return
+        running.capture = None
+        start = capture.trigger_ts - running.campaign.pre_trigger_s
+        post = []
+        for path, ring in running.rings.items():
+            after = capture.taken_until.get(path)
+            for t, v in ring.between(start, capture.end):
+                if after is None or t > after:
+                    post.append(Sample(path, t, v))
+        samples = sorted(capture.samples + post, key=lambda s: (s.ts, s.path))
+        try:
+            self._publish(running.campaign, capture.trigger_ts, samples)
+        except Exception as exc:  # the outbox counted it; the campaign carries on
+            log.error("campaign_capture_dropped", campaign=running.campaign.id, error=str(exc))
+
+
+def _window(seconds: float) -> Window:
+    return Window(seconds)

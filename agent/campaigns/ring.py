@@ -1,0 +1,111 @@
+"""Bounded sample stores for campaigns: a ring of the last N samples of one signal, and a
+time window for a condition's `avg`/`min`/`max`. Pure data structures, no I/O.
+
+A ring preallocates two arrays of doubles (timestamp, value): 16 bytes a sample, whatever the
+traffic, so a campaign's memory is known when it is applied. Booleans and integers are kept
+as doubles and given back as what they were; a string signal keeps its values in a list of
+the same length instead (the strings themselves are shared with the decoder's choice names).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from collections.abc import Iterator
+
+from agent.vehicle.model import Value
+
+MAX_WINDOW_SAMPLES = 10_000
+
+
+class Ring:
+    __slots__ = (
+        "_kind",
+        "_min_gap",
+        "_n",
+        "_next",
+        "_size",
+        "_strings",
+        "_ts",
+        "_values",
+        "last_ts",
+    )
+
+    def __init__(self, capacity: int, min_interval_ms: int = 0) -> None:
+        self._n = capacity
+        self._ts = array("d", bytes(8 * capacity))
+        self._values = array("d", bytes(8 * capacity))
+        self._strings: list[str] | None = None
+        self._kind: type | None = None  # bool, int, float or str: set by the first value
+        self._next = 0
+        self._size = 0
+        self._min_gap = min_interval_ms / 1000.0
+        self.last_ts = float("-inf")
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, ts: float, value: Value) -> None:
+        if ts - self.last_ts < self._min_gap - 1e-6:  # float noise must not drop a frame
+            return
+        kind = type(value)
+        if self._kind is None:
+            self._kind = kind
+            if kind is str:
+                self._strings = [""] * self._n
+        elif kind is not self._kind and not (self._kind is float and kind is int):
+            return  # one type per path (the decoder types them); anything else is not kept
+        i = self._next
+        self._ts[i] = ts
+        if self._strings is not None:
+            self._strings[i] = str(value)
+        else:
+            self._values[i] = float(value)
+        self._next = (i + 1) % self._n
+        if self._size < self._n:
+            self._size += 1
+        self.last_ts = ts
+
+    def between(self, start: float, end: float) -> Iterator[tuple[float, Value]]:
+        """The samples with start <= ts <= end, oldest first."""
+        first = (self._next - self._size) % self._n
+        kind = self._kind
+        for k in range(self._size):
+            i = (first + k) % self._n
+            ts = self._ts[i]
+            if start <= ts <= end:
+                if self._strings is not None:
+                    yield ts, self._strings[i]
+                elif kind is bool:
+                    yield ts, self._values[i] != 0.0
+                elif kind is int:
+                    yield ts, int(self._values[i])
+                else:
+                    yield ts, self._values[i]
+
+
+class Window:
+    """The numbers of one path over the last `seconds`, for avg/min/max."""
+
+    __slots__ = ("_items", "_seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._items: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_SAMPLES)
+
+    def add(self, ts: float, value: Value) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        self._items.append((ts, float(value)))
+
+    def value(self, function: str, now: float) -> float | None:
+        """avg, min or max over (now - seconds, now]; None while it holds nothing."""
+        items = self._items
+        while items and items[0][0] <= now - self._seconds:
+            items.popleft()
+        if not items:
+            return None
+        values = [v for _, v in items]
+        if function == "avg":
+            return sum(values) / len(values)
+        return min(values) if function == "min" else max(values)

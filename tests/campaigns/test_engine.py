@@ -1,0 +1,207 @@
+"""The campaign engine at its seams: a fake clock, the real command store, a recorder for
+what it publishes; samples fed as the pipeline would tap them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.campaigns.engine import CampaignEngine
+from agent.campaigns.ring import Ring
+from agent.campaigns.spec import BYTES_PER_SAMPLE, Campaign, CampaignError
+from agent.commands.store import CommandStore
+from agent.vehicle.model import Sample
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
+TEMP = "Vehicle.Powertrain.TractionBattery.Temperature.Average"
+SPEED = "Vehicle.Speed"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+MAPPED = frozenset({TEMP, SPEED, SOC})
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(T0 + seconds, UTC).isoformat()
+
+
+def heat(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "battery-heat",
+        "version": 1,
+        "expires": iso(3600),
+        "signals": [{"path": TEMP, "min_interval_ms": 0, "max_samples": 600}, {"path": SPEED}],
+        "trigger": {
+            "condition": f"avg({TEMP}, 10) > 45",
+            "mode": "rising_edge",
+            "min_interval_s": 60,
+        },
+        "pre_trigger_s": 10,
+        "post_trigger_s": 5,
+        "priority": 2,
+    }
+    body.update(over)
+    return body
+
+
+class Rig:
+    def __init__(self, store: CommandStore, budget: int = 10_000_000) -> None:
+        self.now = T0
+        self.published: list[tuple[str, int, float, list[Sample]]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.engine = CampaignEngine(
+            mapped=MAPPED,
+            store=store,
+            publish=lambda c, ts, s: self.published.append((c.id, c.version, ts, s)),
+            event=lambda name, data: self.events.append((name, data)),
+            max_memory_bytes=budget,
+            clock=lambda: self.now,
+        )
+
+    def feed(self, start: float, end: float, temp: Any, hz: float = 10.0) -> None:
+        """Samples of TEMP (temp(t) for t in [start, end)) and SPEED at `hz`, ticking."""
+        n = round((end - start) * hz)
+        for k in range(n):
+            t = start + k / hz
+            self.now = T0 + t
+            for sample in (Sample(TEMP, T0 + t, temp(t)), Sample(SPEED, T0 + t, 0.0)):
+                if sample.path in self.engine.paths:
+                    self.engine.tap(sample)
+            if k % 2 == 0:
+                self.engine.tick()
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.events]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    with CommandStore(tmp_path / "commands.db") as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (heat(signals=[{"path": "Vehicle.Nope"}]), "signals.0.path: Vehicle.Nope is not a mapped"),
+        (
+            heat(trigger={"condition": "avg(Vehicle.Nope, 10) > 1"}),
+            "trigger.condition: Vehicle.Nope is not a mapped path",
+        ),
+        (heat(trigger={"condition": f"avg({TEMP}, 0) > 1"}), "the window must be more than 0"),
+        (heat(trigger={"condition": f"{TEMP} >"}), "trigger.condition:"),
+        (heat(trigger={"condition": f"{TEMP} > 1", "mode": "always"}), "needs min_interval_s"),
+        (heat(priority=12), "priority: Input should be less than or equal to 9"),
+        (heat(expires="2026-12-01T12:00:00"), "expires: Value error, give a time zone"),
+        (heat(signals=[{"path": TEMP}, {"path": TEMP}]), "listed twice"),
+    ],
+)
+def test_a_bad_campaign_is_refused_with_a_detail_naming_the_problem(
+    store: CommandStore, body: dict[str, Any], message: str
+) -> None:
+    rig = Rig(store)
+    with pytest.raises(CampaignError) as caught:
+        rig.engine.validate({"campaign": body})
+    assert message in str(caught.value)
+    status, detail = rig.engine.apply({"campaign": body})
+    assert status == "failed" and detail is not None and message in detail
+    assert rig.engine.state() == [] and store.load_campaigns() == [] and not rig.engine.paths
+
+
+def test_memory_is_stated_and_enforced(store: CommandStore) -> None:
+    body = heat(signals=[{"path": TEMP, "max_samples": 1000}, {"path": SPEED, "max_samples": 500}])
+    assert Campaign.model_validate(body).memory_bytes == 1500 * BYTES_PER_SAMPLE
+    rig = Rig(store, budget=2000 * BYTES_PER_SAMPLE)
+    assert rig.engine.apply({"campaign": body}) == ("succeeded", None)
+    other = heat(id="other", signals=[{"path": SOC, "max_samples": 600}])
+    with pytest.raises(CampaignError, match="the car allows 32000"):
+        rig.engine.validate({"campaign": other})
+    # A new version of the same campaign replaces it, so only its own size counts.
+    assert rig.engine.apply({"campaign": {**body, "version": 2}}) == ("succeeded", None)
+
+
+def test_a_rising_edge_publishes_the_pre_and_post_window_once(store: CommandStore) -> None:
+    rig = Rig(store)
+    assert rig.engine.apply({"campaign": heat()}) == ("succeeded", None)
+    assert rig.engine.paths == {TEMP, SPEED}
+    assert rig.names() == ["started", "accepted"] or rig.names() == ["accepted", "started"]
+
+    def temp(t: float) -> float:  # 40 degC, heating 1 degC/s from t=30 to 40, then 50
+        return 40.0 if t < 30 else min(50.0, 40.0 + (t - 30))
+
+    rig.feed(0, 60, temp)
+    (campaign, version, trigger_ts, samples) = rig.published[0]
+    assert (campaign, version, len(rig.published)) == ("battery-heat", 1, 1)
+    # avg over 10 s passes 45 first at the sample where it does, computed independently:
+    times = [k / 10 for k in range(600)]
+    first = next(
+        t
+        for t in times
+        if sum(temp(u) for u in times if t - 10 < u <= t) / sum(1 for u in times if t - 10 < u <= t)
+        > 45
+    )
+    assert trigger_ts == pytest.approx(T0 + first)
+    expected = [
+        (path, T0 + t)
+        for t in times
+        if first - 10 <= t <= first + 5
+        for path in sorted((TEMP, SPEED))
+    ]
+    assert [(s.path, s.ts) for s in samples] == sorted(expected, key=lambda e: (e[1], e[0]))
+    assert all(s.value == temp(round(s.ts - T0, 1)) for s in samples if s.path == TEMP)
+    # Cooling down and heating again within min_interval_s (60 s): no second capture.
+    rig.feed(60, 80, lambda t: 30.0)
+    rig.feed(80, 100, temp=lambda t: 50.0)
+    assert len(rig.published) == 1
+    # Past min_interval_s of the first trigger, a new rising edge captures again.
+    rig.feed(100, 130, lambda t: 30.0)
+    rig.feed(130, 160, lambda t: 50.0)
+    assert len(rig.published) == 2
+    assert rig.names().count("triggered") == 2  # 100 s apart: both reported
+
+
+def test_periodic_trigger_expiry_and_an_idle_engine_taps_nothing(store: CommandStore) -> None:
+    rig = Rig(store)
+    body = heat(trigger={"period_s": 20}, pre_trigger_s=5, post_trigger_s=0, expires=iso(70))
+    rig.engine.apply({"campaign": body})
+    rig.feed(0, 75, lambda t: 20.0)
+    assert [round(ts - T0) for _, _, ts, _ in rig.published] == [20, 40, 60]
+    assert all(len(s) == 2 * 51 for *_, s in rig.published)  # 5 s at 10 Hz, both ends
+    assert rig.names()[-1] == "expired"
+    assert rig.names().count("triggered") == 1  # 20 s apart: one event a minute, not three
+    assert rig.engine.state() == [
+        {"id": "battery-heat", "version": 1, "state": "expired", "triggers": 3}
+    ]
+    assert rig.engine.paths == set() and rig.engine.memory_bytes() == 0
+
+
+def test_pending_until_start_then_survives_a_restart_and_remove(store: CommandStore) -> None:
+    rig = Rig(store)
+    rig.engine.apply({"campaign": heat(start=iso(30))})
+    assert rig.engine.state()[0]["state"] == "pending" and not rig.engine.paths
+    rig.now = T0 + 31
+    rig.engine.tick()
+    assert rig.engine.state()[0]["state"] == "active" and rig.engine.paths == {TEMP, SPEED}
+    again = Rig(store)  # the agent restarted
+    again.now = T0 + 40
+    again.engine.load()
+    assert again.engine.state()[0]["state"] == "active" and again.engine.paths == {TEMP, SPEED}
+    assert again.engine.apply({"campaign": heat(start=iso(30))})[0] == "failed"  # not newer
+    assert again.engine.remove({"id": "battery-heat"}) == ("succeeded", None)
+    assert store.load_campaigns() == [] and again.engine.paths == set()
+    assert again.engine.remove({"id": "battery-heat"})[0] == "failed"
+
+
+def test_a_ring_keeps_the_last_n_and_honours_min_interval() -> None:
+    ring = Ring(3, min_interval_ms=100)
+    for k in range(10):
+        ring.add(k * 0.05, k)  # every 50 ms: every other one is kept
+    assert [(round(t, 3), v) for t, v in ring.between(0, 10)] == [(0.2, 4), (0.3, 6), (0.4, 8)]
+    flags = Ring(2)
+    flags.add(1.0, True)
+    flags.add(2.0, False)
+    names = Ring(2)
+    names.add(1.0, "P")
+    assert list(flags.between(0, 5)) == [(1.0, True), (2.0, False)]
+    assert list(names.between(0, 5)) == [(1.0, "P")]
