@@ -235,7 +235,9 @@ class TrustedKey(_Model):
 
 
 class ParamSpec(_Model):
-    type: Literal["number", "integer", "boolean", "string", "datetime", "tariff", "limits"]
+    type: Literal[
+        "number", "integer", "boolean", "string", "datetime", "tariff", "limits", "object"
+    ]
     min: Annotated[float, Field(allow_inf_nan=False)] | None = None
     max: Annotated[float, Field(allow_inf_nan=False)] | None = None
     choices: list[str] | None = None
@@ -285,6 +287,8 @@ class CommandDefinition(_Model):
             "diagnostics.read_dtcs",
             "grid.signal",
             "grid.clear",
+            "campaign.apply",
+            "campaign.remove",
         ]
         | None
     ) = None
@@ -340,6 +344,13 @@ class ChargingSettings(_Model):
     co2_weight: Annotated[float, Field(ge=0, le=1e6)] = 0.0
 
 
+class CampaignSettings(_Model):
+    """Bounds on what campaigns (sent by the back end) may take on this car."""
+
+    # All campaigns' rings together, preallocated at 16 bytes a sample (docs/campaigns.md).
+    max_memory_kb: Annotated[int, Field(ge=0, le=1_048_576)] = 32_768
+
+
 class EcuSettings(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
     bus: str
@@ -373,6 +384,7 @@ class Settings(_Model):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     alerts: list[AlertSettings] = Field(default_factory=list)
     charging: ChargingSettings = Field(default_factory=ChargingSettings)
+    campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
     diagnostics: DiagnosticsSettings = Field(default_factory=DiagnosticsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

@@ -21,6 +21,8 @@ from typing import Any
 import can
 import structlog
 
+from agent.campaigns.engine import CampaignEngine, capture_payload
+from agent.campaigns.spec import Campaign
 from agent.commands import definitions
 from agent.commands.auth import Verifier
 from agent.commands.executor import Executor
@@ -92,6 +94,7 @@ class Agent:
         self.executor: Executor | None = None
         self.schedule: ScheduleRunner | None = None
         self.grid: GridRunner | None = None
+        self.campaigns: CampaignEngine | None = None
         self._signals = 0
 
     def _on_request(self, payload: bytes, properties: Any) -> None:
@@ -111,6 +114,7 @@ class Agent:
             "ts": round(time.time(), 3),
             "values": {p: s.value for p, s in latest.items()},
             "alerts": self.alerts.active,
+            "campaigns": self.campaigns.state() if self.campaigns is not None else [],
             "charging": {
                 "plan": self.schedule.state() if self.schedule is not None else None,
                 **(self.grid.state() if self.grid is not None else {"limit": None}),
@@ -210,13 +214,26 @@ class Agent:
             )
             grid.load()  # before the schedule resumes: it plans with the stored signal
             grid.on_change = schedule.on_grid_change
+            self.campaigns = campaigns = CampaignEngine(
+                mapped=frozenset(m.path for m in self.vehicle.mapped),
+                store=store,
+                publish=self._publish_capture,
+                event=self._campaign_event,
+                max_memory_bytes=settings.campaigns.max_memory_kb * 1024,
+                paths=pipeline.tap_paths,
+            )
+            pipeline.tap = campaigns.tap
+            campaigns.load()
             self.executor.handlers.update(
                 {
                     "charging.schedule": schedule.accept,
                     "grid.signal": grid.accept,
                     "grid.clear": grid.clear,
+                    "campaign.apply": campaigns.apply,
+                    "campaign.remove": campaigns.remove,
                 }
             )
+            self.executor.validators["campaign.apply"] = campaigns.validate
             if settings.diagnostics.ecus:
                 self.executor.read_dtcs = dtc_reader.read
             self._dtc_reader = dtc_reader
@@ -245,6 +262,7 @@ class Agent:
                     tg.create_task(self._scan_dtcs())
                     tg.create_task(schedule.run())
                     tg.create_task(grid.run())
+                    tg.create_task(campaigns.run())
                     tg.create_task(self.uplink.run())
                     tg.create_task(pipeline.run())
                     tg.create_task(health.log_stats(settings.logging.stats_interval_s))
@@ -318,6 +336,25 @@ class Agent:
                 notifier.watchdog(status)
             else:
                 notifier.send(f"STATUS={status}")
+
+    def _campaign_event(self, name: str, data: dict[str, Any]) -> None:
+        log.info("campaign_event", name=name, **data)
+        self._outbox.append_event("campaign", name, data)
+        if self.uplink is not None:
+            self.uplink.notify()
+
+    def _publish_capture(self, campaign: Campaign, trigger_ts: float, samples: list[Any]) -> None:
+        vehicle_id = self.settings.vehicle_id
+        self._outbox.append(
+            "campaign",
+            f"campaigns/{campaign.id}",
+            lambda seq: capture_payload(vehicle_id, campaign, seq, trigger_ts, samples),
+            stream=f"campaign/{campaign.id}",
+            items=len(samples),
+            priority=campaign.priority,
+        )
+        if self.uplink is not None:
+            self.uplink.notify()
 
     def _charging_event(self, name: str, data: dict[str, Any]) -> None:
         log.info("charging_event", name=name, **{k: v for k, v in data.items() if k != "slots"})

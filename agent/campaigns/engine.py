@@ -39,7 +39,9 @@ class CampaignStore(Protocol):
 
     def save_campaign(self, campaign_id: str, body: str | None) -> None: ...
 
-    def load_campaigns(self) -> list[str]: ...
+    def note_trigger(self, campaign_id: str, ts: float) -> None: ...
+
+    def load_campaigns(self) -> list[tuple[str, float | None]]: ...
 
 
 # Publish one capture: (campaign, trigger time, samples) -> stored in the outbox.
@@ -174,15 +176,22 @@ class CampaignEngine:
             log.error("campaigns_not_loaded", error=str(exc))
             return
         now = self._clock()
-        for body in bodies:
+        for body, last_trigger in bodies:
             try:
                 checked = check(json.loads(body), self._mapped)
             except (CampaignError, ValueError) as exc:
                 log.error("campaign_not_loaded", error=str(exc))
                 continue
             self._install(checked)
-            if now >= checked.campaign.expires.timestamp():  # expired while the agent was down
-                self._campaigns[checked.campaign.id].state = "expired"
+            running = self._campaigns[checked.campaign.id]
+            if last_trigger is not None:
+                running.last_trigger = last_trigger
+            campaign = checked.campaign
+            if now >= campaign.expires.timestamp():  # expired while the agent was down
+                running.state = "expired"
+            elif campaign.start is None or now >= campaign.start.timestamp():
+                self._start(running, now, announce=False)  # it had started before
+        self._rewire()
         self.tick()
 
     def state(self) -> list[dict[str, Any]]:
@@ -266,6 +275,10 @@ class CampaignEngine:
                 pre.append(Sample(path, t, v))
                 taken[path] = t
         running.capture = _Capture(ts, ts + campaign.post_trigger_s, pre, taken)
+        try:
+            self._store.note_trigger(campaign.id, ts)
+        except StoreError as exc:  # min_interval_s then holds until a restart only
+            log.error("campaign_trigger_not_stored", campaign=campaign.id, error=str(exc))
         running.unreported += 1
         now = self._clock()
         if now - running.last_report >= TRIGGER_EVENTS_EVERY_S:
@@ -311,7 +324,7 @@ class CampaignEngine:
         if changed:
             self._rewire()
 
-    def _start(self, running: _Running, now: float) -> None:
+    def _start(self, running: _Running, now: float, *, announce: bool = True) -> None:
         running.state = "active"
         running.rings = {
             s.path: Ring(s.max_samples, s.min_interval_ms) for s in running.campaign.signals
@@ -321,6 +334,8 @@ class CampaignEngine:
         }
         period = getattr(running.campaign.trigger, "period_s", None)
         running.next_period = now + period if period is not None else 0.0
+        if not announce:
+            return
         self._event(
             "started",
             {
@@ -347,6 +362,22 @@ class CampaignEngine:
             self._publish(running.campaign, capture.trigger_ts, samples)
         except Exception as exc:  # the outbox counted it; the campaign carries on
             log.error("campaign_capture_dropped", campaign=running.campaign.id, error=str(exc))
+
+
+def capture_payload(
+    vehicle_id: str, campaign: Campaign, seq: int, trigger_ts: float, samples: list[Sample]
+) -> bytes:
+    """The `P/campaigns/{id}` message (INTERFACE section 9)."""
+    body = {
+        "v": 1,
+        "vehicle_id": vehicle_id,
+        "campaign": campaign.id,
+        "version": campaign.version,
+        "seq": seq,
+        "trigger_ts": round(trigger_ts, 6),
+        "samples": [{"path": s.path, "ts": s.ts, "value": s.value} for s in samples],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _window(seconds: float) -> Window:

@@ -122,6 +122,10 @@ def _check_value(name: str, spec: ParamSpec, value: Any) -> Any:
         except (ValidationError, ValueError) as exc:
             raise BadParams(f"{name}: {_first_error(exc)}") from None
         return value
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise BadParams(f"{name} must be an object")
+        return value
     if kind == "boolean":
         if not isinstance(value, bool):
             raise BadParams(f"{name} must be true or false")

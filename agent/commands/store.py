@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS grid (
 );
 CREATE TABLE IF NOT EXISTS campaigns (
     id TEXT PRIMARY KEY,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    last_trigger REAL
 );
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -185,5 +186,10 @@ class CommandStore:
                 "INSERT OR REPLACE INTO campaigns(id, body) VALUES(?, ?)", (campaign_id, body)
             )
 
-    def load_campaigns(self) -> list[str]:
-        return [str(r[0]) for r in self._run("SELECT body FROM campaigns ORDER BY id").fetchall()]
+    def note_trigger(self, campaign_id: str, ts: float) -> None:
+        """A campaign's last trigger, so that min_interval_s holds across restarts."""
+        self._run("UPDATE campaigns SET last_trigger = ? WHERE id = ?", (ts, campaign_id))
+
+    def load_campaigns(self) -> list[tuple[str, float | None]]:
+        rows = self._run("SELECT body, last_trigger FROM campaigns ORDER BY id").fetchall()
+        return [(str(r[0]), None if r[1] is None else float(r[1])) for r in rows]

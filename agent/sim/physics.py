@@ -27,6 +27,8 @@ class VehicleState:
     soh: float = 96.5
     capacity_kwh: float = 75.0
     pack_temp: float = 21.0
+    # A fault for scenarios: the pack heats this fast while charging (a failing coolant pump).
+    pack_heating_c_per_min: float = 0.0
     pack_current: float = 0.0
     speed: float = 0.0
     gear: str = "P"
@@ -227,6 +229,8 @@ def step(state: VehicleState, dt: float, rng: random.Random | None = None) -> No
 
     heat = abs(state.pack_current) / 150.0
     state.pack_temp = _relax(state.pack_temp, state.exterior_temp + 8.0 * heat, dt, 1800.0)
+    if state.pack_heating_c_per_min and state.charge_state == "CHARGING":
+        state.pack_temp = min(90.0, state.pack_temp + state.pack_heating_c_per_min * dt / 60.0)
     # Climate on: the cabin heads for the target in a few minutes; off: it drifts to outside.
     if state.climate_on:
         state.cabin_temp = _relax(state.cabin_temp, state.target_temp, dt, 240.0)

@@ -35,8 +35,9 @@ from agent.events import event_payload
 
 log = structlog.get_logger("agent.uplink.outbox")
 
-Kind = Literal["telemetry", "event", "response"]
-KINDS: tuple[Kind, ...] = ("telemetry", "event", "response")
+Kind = Literal["telemetry", "event", "response", "campaign"]
+KINDS: tuple[Kind, ...] = ("telemetry", "event", "response", "campaign")
+TELEMETRY_PRIORITY = 5  # campaigns above it are dropped before telemetry, below it after
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     created REAL NOT NULL,
     items INTEGER NOT NULL DEFAULT 0,
-    correlation BLOB
+    correlation BLOB,
+    priority INTEGER NOT NULL DEFAULT 5
 );
 CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, id);
 CREATE TABLE IF NOT EXISTS seq (
@@ -178,6 +180,8 @@ class Outbox:
                 db.execute("ALTER TABLE outbox ADD COLUMN items INTEGER NOT NULL DEFAULT 0")
             if "correlation" not in columns:  # ... and before MQTT 5 request/response
                 db.execute("ALTER TABLE outbox ADD COLUMN correlation BLOB")
+            if "priority" not in columns:  # ... and before campaigns
+                db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 5")
             if self.max_bytes is not None:
                 # The WAL gets WAL_SHARE of the cap (at least WAL_MIN_FRAMES frames) and is
                 # checkpointed at a third of that, so the transaction that crosses the mark
@@ -234,6 +238,7 @@ class Outbox:
         stream: str | None = None,
         items: int = 0,
         correlation: bytes | None = None,
+        priority: int = TELEMETRY_PRIORITY,
     ) -> int:
         """Store one record; `payload(seq)` builds it with the stream's next seq (0 without a
         stream). Returns the seq. Makes room by dropping old records if the cap is reached;
@@ -241,7 +246,7 @@ class Outbox:
         dropped_any = False
         for _ in range(64):
             try:
-                seq = self._insert(kind, topic, payload, stream, items, correlation)
+                seq = self._insert(kind, topic, payload, stream, items, correlation, priority)
                 break
             except sqlite3.Error as exc:
                 if not _is_full(exc):
@@ -270,6 +275,7 @@ class Outbox:
         stream: str | None,
         items: int,
         correlation: bytes | None,
+        priority: int = TELEMETRY_PRIORITY,
     ) -> int:
         with self._tx() as db:
             seq = 0
@@ -282,22 +288,25 @@ class Outbox:
                     (stream, seq),
                 )
             db.execute(
-                "INSERT INTO outbox(kind, topic, payload, created, items, correlation) "
-                "VALUES(?, ?, ?, ?, ?, ?)",
-                (kind, topic, payload(seq), self._clock(), items, correlation),
+                "INSERT INTO outbox(kind, topic, payload, created, items, correlation, priority) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (kind, topic, payload(seq), self._clock(), items, correlation, priority),
             )
         return seq
 
     def _make_room(self) -> bool:
-        """Drop the oldest records, telemetry first; False if nothing could be dropped."""
-        for kinds in (("telemetry",), ("event", "response")):
+        """Drop the oldest records, telemetry and campaign data first (campaigns above
+        telemetry's priority before it, below it after it); False if nothing could be
+        dropped."""
+        for kinds in (("telemetry", "campaign"), ("event", "response")):
             marks = ",".join("?" * len(kinds))
             total = self.db.execute(
                 f"SELECT count(*) FROM outbox WHERE kind IN ({marks})", kinds
             ).fetchone()[0]
             chunk = max(1, int(total) // 50)  # 2 % at a time: few rounds, little collateral
             rows = self.db.execute(
-                f"SELECT id, kind, items FROM outbox WHERE kind IN ({marks}) ORDER BY id LIMIT ?",
+                f"SELECT id, kind, items FROM outbox WHERE kind IN ({marks}) "
+                "ORDER BY priority DESC, id LIMIT ?",
                 (*kinds, chunk + len(self.in_flight)),
             ).fetchall()
             victims = [r for r in rows if r[0] not in self.in_flight][:chunk]

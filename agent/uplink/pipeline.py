@@ -64,6 +64,10 @@ class Pipeline:
         self._batch: list[Sample] = []
         self._scratch: list[Sample] = []
         self._accepting = True
+        # Campaigns tap every decoded sample of these paths, before the policies; the set is
+        # filled in place by whoever owns the taps, and empty costs one truth test a frame.
+        self.tap_paths: set[str] = set()
+        self.tap: Callable[[Sample], None] = lambda sample: None
         self.stats = PipelineStats()
         self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
 
@@ -74,6 +78,7 @@ class Pipeline:
         offer = self.sampler.offer
         batch = self._batch
         limit = self._settings.batch_max_samples
+        tap_paths = self.tap_paths
 
         def on_frame(frame: FrameLike) -> None:
             if not self._accepting:
@@ -81,6 +86,11 @@ class Pipeline:
                 return
             scratch.clear()
             decoder.decode_into(frame, scratch)
+            if tap_paths:
+                tap = self.tap
+                for sample in scratch:
+                    if sample.path in tap_paths:
+                        tap(sample)
             for sample in scratch:
                 if offer(sample):
                     batch.append(sample)

@@ -1,0 +1,147 @@
+"""A campaign end to end: the agent in this process (a spy on the virtual bus records every
+frame), the car simulated apart at 2x with a coolant pump that fails twice, a real mosquitto.
+The campaign's capture is checked against `vehicle-agent replay` of the spy's own recording."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+
+from agent import cli
+from tests.commands.test_commands import PT, Rig, _run, rig_factory
+from tests.support.brokers import wait_until
+from tests.support.configs import CONFIG_DIR
+
+__all__ = ["rig_factory"]  # the fixture, shared with the command tests
+
+TEMP = "Vehicle.Powertrain.TractionBattery.Temperature.Average"
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+BMS = PT.get_message_by_name("BMS_Status").frame_id
+SCENARIO = CONFIG_DIR / "scenarios" / "battery-heat.yaml"
+
+
+def _events(rig: Rig) -> list[dict[str, Any]]:
+    return [m.json() for m in rig.sub.on("events") if m.json()["type"] == "campaign"]
+
+
+@pytest.mark.timeout(300)
+def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+    tmp_path: Path,
+    report: Callable[[str], None],
+) -> None:
+    rig, running = rig_factory(scenario="plugged_in", simulator=False)
+    car = threading.Thread(
+        target=cli.main,
+        args=(
+            [
+                *("simulate", "-c", str(rig.config), "--scenario", str(SCENARIO)),
+                *("--speedup", "2", "--duration", "200"),
+            ],
+        ),
+        daemon=True,
+    )
+    t0 = datetime.now(UTC)
+    car.start()
+    campaign = {
+        "id": "battery-heat",
+        "version": 1,
+        "expires": (t0 + timedelta(seconds=85)).isoformat(),
+        "signals": [
+            {"path": TEMP, "min_interval_ms": 0, "max_samples": 600},
+            {"path": SOC, "min_interval_ms": 1000, "max_samples": 100},
+        ],
+        "trigger": {
+            "condition": f"avg({TEMP}, 5) > 40",
+            "mode": "rising_edge",
+            "min_interval_s": 600,
+        },
+        "pre_trigger_s": 10,
+        "post_trigger_s": 5,
+        "priority": 2,
+    }
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        result = _run(rig, rig.key.token(rig.vehicle, "campaign.apply", {"campaign": campaign}))
+        assert result["status"] == "succeeded", result
+        wait_until(lambda: rig.sub.on("campaigns/battery-heat"), 60, "the first capture")
+        time.sleep(max(0.0, (t0 + timedelta(seconds=40)).timestamp() - time.time()))
+    with running():  # restarted between the two failures of the pump
+        wait_until(
+            lambda: any(
+                c["state"] == "active"
+                for m in rig.sub.on("state")[-1:]
+                for c in m.json().get("campaigns", [])
+            ),
+            15,
+            "the campaign active again after the restart",
+        )
+        wait_until(lambda: any(e["name"] == "expired" for e in _events(rig)), 60, "expiry")
+        expired_at = time.time()
+        wait_until(
+            lambda: any(
+                c["state"] == "expired"
+                for m in rig.sub.on("state")[-1:]
+                for c in m.json().get("campaigns", [])
+            ),
+            15,
+            "P/state listing it expired",
+        )
+    captures = [m.json() for m in rig.sub.on("campaigns/battery-heat")]
+    assert len(captures) == 1, "the second failure is within min_interval_s: no new capture"
+    capture = captures[0]
+    assert (capture["v"], capture["vehicle_id"], capture["campaign"], capture["version"]) == (
+        1,
+        rig.vehicle,
+        "battery-heat",
+        1,
+    )
+    assert capture["seq"] == 1
+    trigger = capture["trigger_ts"]
+    assert expired_at >= (t0 + timedelta(seconds=85)).timestamp() - 0.01
+    assert expired_at <= (t0 + timedelta(seconds=85)).timestamp() + 2.0
+    names = [e["name"] for e in _events(rig)]
+    assert names == ["accepted", "started", "triggered", "expired"], names
+
+    # The spy's recording of the powertrain bus, replayed by the agent's own replay verb.
+    log = tmp_path / "pt.log"
+    frames = [m for m in list(rig.spy.frames) if m.arbitration_id == BMS]
+    with can.Logger(str(log)) as writer:  # candump format; each frame keeps its channel
+        for m in frames:
+            writer.on_message_received(m)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", "-c", str(rig.config), "--every-frame", str(log)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    replayed = [json.loads(line) for line in done.stdout.splitlines()]
+    window = [
+        (round(s["ts"], 6), s["value"])
+        for s in replayed
+        if s["path"] == TEMP and trigger - 10 - 1e-6 <= s["ts"] <= trigger + 5 + 1e-6
+    ]
+    captured = [(round(s["ts"], 6), s["value"]) for s in capture["samples"] if s["path"] == TEMP]
+    assert captured == window  # every frame's value of the window, nothing else
+    assert len(window) > 140  # ~15 s at 10 Hz
+    socs = [s["ts"] for s in capture["samples"] if s["path"] == SOC]
+    assert all(b - a >= 1.0 - 1e-6 for a, b in itertools.pairwise(socs))
+    assert 12 <= len(socs) <= 16
+    report(
+        f"campaign test: one capture of {len(capture['samples'])} samples "
+        f"({len(window)} of the pack temperature at 10 Hz, {len(socs)} of the state of charge "
+        f"at 1 Hz) around trigger_ts {trigger:.3f}; the second failure ignored "
+        f"(min_interval_s); expired {expired_at - (t0 + timedelta(seconds=85)).timestamp():.2f} s "
+        f"after its time; P/campaigns message: {json.dumps(capture)[:300]}..."
+    )
