@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent import config  # noqa: E402
+from agent.campaigns.engine import CampaignEngine  # noqa: E402
 from agent.config import Transform  # noqa: E402
 from agent.sim.runner import record  # noqa: E402
 from agent.sim.scenario import load_scenario  # noqa: E402
@@ -100,11 +101,28 @@ def main() -> None:
                         out.append(Sample(path, msg.timestamp, result))
         return len(out)
 
+    # An idle campaign (its condition never holds): the pipeline taps the samples of the two
+    # paths it reads, which fill a ring and evaluate the condition, and nothing is published.
+    engine = _idle_campaign(frozenset(m.path for m in vehicle.mapped))
+    tap_paths, tap = engine.paths, engine.tap
+
+    def agent_path_idle_campaign() -> int:
+        out: list[Sample] = []
+        for decoder, msg in routed:
+            start = len(out)
+            decoder.decode_into(msg, out)
+            if tap_paths:  # as uplink/pipeline.py's on_frame does
+                for sample in out[start:]:
+                    if sample.path in tap_paths:
+                        tap(sample)
+        return len(out)
+
     results = {}
     paths = (
         ("cantools decode_message, no output (lower bound)", cantools_decode_only),
         ("cantools decode_message loop + samples", cantools_path),
         ("agent decode plan + samples", agent_path),
+        ("agent decode plan + samples, one idle campaign", agent_path_idle_campaign),
     )
     for name, func in paths:
         best = float("inf")
@@ -128,6 +146,38 @@ def main() -> None:
             f"| {name} | {len(frames) / seconds:,.0f} | {seconds / len(frames) * 1e6:.2f} "
             f"| {samples:,} | {base_time / seconds:.1f}x |"
         )
+
+
+def _idle_campaign(mapped: frozenset[str]) -> CampaignEngine:
+    temp = "Vehicle.Powertrain.TractionBattery.Temperature.Average"
+
+    class Store:
+        def save_campaign(self, campaign_id: str, body: str | None) -> None: ...
+        def note_trigger(self, campaign_id: str, ts: float) -> None: ...
+        def load_campaigns(self) -> list[tuple[str, float | None]]:
+            return []
+
+    engine = CampaignEngine(
+        mapped=mapped,
+        store=Store(),
+        publish=lambda *a: None,
+        event=lambda *a: None,
+        max_memory_bytes=1 << 30,
+    )
+    status, detail = engine.apply(
+        {
+            "campaign": {
+                "id": "idle",
+                "version": 1,
+                "expires": "2099-01-01T00:00:00Z",
+                "signals": [{"path": temp, "max_samples": 600}],
+                "trigger": {"condition": f"avg({temp}, 10) > 200"},
+                "pre_trigger_s": 10,
+            }
+        }
+    )
+    assert status == "succeeded", detail
+    return engine
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ from the decode path, fires their triggers, and hands each capture to the outbox
 
 Costs per frame only for the paths some active campaign reads: the pipeline taps a sample
 only when its path is in `paths`, which is empty while no campaign is active. A condition is
-evaluated on the samples of its own inputs, at their frame times, so a trigger's time is the
-frame that made it true. A capture holds the ring's last `pre_trigger_s` seconds from the
-moment of the trigger, and the next `post_trigger_s` seconds are read from the rings when the
-window has passed. Captures in flight when the agent stops are lost (the campaign itself is
+evaluated on every tick (0.1 s) that brought its inputs new samples, at the newest input's
+frame time, which is then the trigger's time. A capture holds the ring's last `pre_trigger_s`
+seconds from the moment of the trigger, and the next `post_trigger_s` seconds are read from
+the rings when the window has passed. Captures in flight when the agent stops are lost (the campaign itself is
 stored and carries on after a restart).
 """
 
@@ -29,9 +29,10 @@ from agent.vehicle.model import Sample, Value
 
 log = structlog.get_logger("agent.campaigns")
 
-TICK_S = 0.2
+TICK_S = 0.1  # conditions, periodic triggers, captures and expiry: ten times a second
 SETTLE_S = 0.3  # after a post-trigger window, for its last frames to arrive
-TRIGGER_EVENTS_EVERY_S = 60.0  # `triggered` events of one campaign: at most one a minute
+TRIGGER_EVENTS_EVERY_S = 60.0
+# `triggered` events of one campaign: at most one a minute
 
 
 class CampaignStore(Protocol):
@@ -66,6 +67,7 @@ class _Running:
     windows: dict[str, Window] = field(default_factory=dict)  # synthetic path -> window
     was_true: bool = False
     last_trigger: float = float("-inf")
+    evaluated_at: float = float("-inf")  # the input frame time the condition last saw
     next_period: float = 0.0
     capture: _Capture | None = None
     triggers: int = 0
@@ -102,7 +104,9 @@ class CampaignEngine:
         self._campaigns: dict[str, _Running] = {}
         # What the pipeline taps (mutated in place: the pipeline holds this very set).
         self.paths: set[str] = paths if paths is not None else set()
-        self._by_path: dict[str, list[_Running]] = {}
+        self._feeds: dict[str, tuple[Callable[[float, Value], None], ...]] = {}
+        self._conditions: dict[str, tuple[_Running, ...]] = {}
+        self._latest_ts: dict[str, float] = {}
         self._latest: dict[str, Value] = {}
 
     # --- commands (the executor's validator and handlers) ----------------------------------
@@ -215,33 +219,49 @@ class CampaignEngine:
         self._rewire()
 
     def _rewire(self) -> None:
-        """The tapped paths and the per-path lists, from the active campaigns."""
-        by_path: dict[str, list[_Running]] = {}
+        """What each tapped path feeds, compiled from the active campaigns: the rings and
+        windows to add its samples to, and the campaigns whose condition reads it."""
+        feeds: dict[str, list[Callable[[float, Value], None]]] = {}
+        conditions: dict[str, list[_Running]] = {}
         for running in self._campaigns.values():
-            if running.state == "active":
-                for path in running.checked.paths:
-                    by_path.setdefault(path, []).append(running)
-        self._by_path = by_path
+            if running.state != "active":
+                continue
+            for path, ring in running.rings.items():
+                feeds.setdefault(path, []).append(ring.add)
+            for name, spec in running.checked.windows.items():
+                feeds.setdefault(spec.path, []).append(running.windows[name].add)
+            for path in running.inputs:
+                conditions.setdefault(path, []).append(running)
+        self._feeds = {path: tuple(adds) for path, adds in feeds.items()}
+        self._conditions = {path: tuple(runs) for path, runs in conditions.items()}
+        by_path = set(self._feeds) | set(self._conditions)
         self.paths.clear()
         self.paths.update(by_path)
         for path in list(self._latest):
             if path not in by_path:
                 del self._latest[path]
+                self._latest_ts.pop(path, None)
 
     # --- the data path (every tapped sample) -----------------------------------------------
     def tap(self, sample: Sample) -> None:
+        """Every frame's value of a tapped path: into its rings and windows. Conditions are
+        evaluated on the engine's tick, not here: a 100 Hz signal must not cost a hundred
+        evaluations a second."""
         path, ts, value = sample
         self._latest[path] = value
-        for running in self._by_path.get(path, ()):
-            ring = running.rings.get(path)
-            if ring is not None:
-                ring.add(ts, value)
-            for window in running.checked.windows:
-                spec = running.checked.windows[window]
-                if spec.path == path:
-                    running.windows[window].add(ts, value)
-            if path in running.inputs:
-                self._evaluate(running, ts)
+        self._latest_ts[path] = ts
+        for add in self._feeds.get(path, ()):
+            add(ts, value)
+
+    def _conditions_due(self) -> None:
+        """Each condition whose inputs have new samples, at the newest input's frame time."""
+        for running in self._campaigns.values():
+            if running.state != "active" or not running.inputs:
+                continue
+            newest = max(self._latest_ts.get(p, float("-inf")) for p in running.inputs)
+            if newest != running.evaluated_at and newest != float("-inf"):
+                running.evaluated_at = newest
+                self._evaluate(running, newest)
 
     def _evaluate(self, running: _Running, ts: float) -> None:
         checked = running.checked
@@ -300,6 +320,7 @@ class CampaignEngine:
             self.tick()
 
     def tick(self) -> None:
+        self._conditions_due()
         now = self._clock()
         changed = False
         for running in list(self._campaigns.values()):

@@ -49,19 +49,21 @@ class Ring:
         if ts - self.last_ts < self._min_gap - 1e-6:  # float noise must not drop a frame
             return
         kind = type(value)
-        if self._kind is None:
-            self._kind = kind
-            if kind is str:
-                self._strings = [""] * self._n
-        elif kind is not self._kind and not (self._kind is float and kind is int):
-            return  # one type per path (the decoder types them); anything else is not kept
+        if kind is not self._kind:
+            if self._kind is None:
+                self._kind = kind
+                if kind is str:
+                    self._strings = [""] * self._n
+            elif not (self._kind is float and kind is int):
+                return  # one type per path (the decoder types them); nothing else is kept
         i = self._next
         self._ts[i] = ts
-        if self._strings is not None:
-            self._strings[i] = str(value)
+        if self._strings is None:
+            self._values[i] = value  # type: ignore[assignment]  # bool/int/float: a double
         else:
-            self._values[i] = float(value)
-        self._next = (i + 1) % self._n
+            self._strings[i] = value  # type: ignore[assignment]
+        i += 1
+        self._next = 0 if i == self._n else i
         if self._size < self._n:
             self._size += 1
         self.last_ts = ts
@@ -85,27 +87,33 @@ class Ring:
 
 
 class Window:
-    """The numbers of one path over the last `seconds`, for avg/min/max."""
+    """The numbers of one path over the last `seconds`, for avg/min/max. Adding is an
+    append (it runs for every frame); the work is done when the condition is evaluated, a few
+    times a second, over at most MAX_WINDOW_SAMPLES values. A timestamp older than the newest
+    (a log played again from its start) starts the window afresh."""
 
-    __slots__ = ("_items", "_seconds")
+    __slots__ = ("_items", "_newest", "_seconds")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._items: deque[tuple[float, float]] = deque(maxlen=MAX_WINDOW_SAMPLES)
+        self._items: deque[tuple[float, Value]] = deque(maxlen=MAX_WINDOW_SAMPLES)
+        self._newest = float("-inf")
 
     def add(self, ts: float, value: Value) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return
-        self._items.append((ts, float(value)))
+        if ts < self._newest:
+            self._items.clear()
+        self._newest = ts
+        self._items.append((ts, value))
 
     def value(self, function: str, now: float) -> float | None:
-        """avg, min or max over (now - seconds, now]; None while it holds nothing."""
+        """avg, min or max over (now - seconds, now]; None while it holds no number."""
         items = self._items
-        while items and items[0][0] <= now - self._seconds:
+        cutoff = now - self._seconds
+        while items and items[0][0] <= cutoff:
             items.popleft()
-        if not items:
+        numbers = [float(v) for t, v in items if t <= now and not isinstance(v, bool | str)]
+        if not numbers:
             return None
-        values = [v for _, v in items]
         if function == "avg":
-            return sum(values) / len(values)
-        return min(values) if function == "min" else max(values)
+            return sum(numbers) / len(numbers)
+        return min(numbers) if function == "min" else max(numbers)

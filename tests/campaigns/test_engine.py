@@ -68,8 +68,7 @@ class Rig:
             for sample in (Sample(TEMP, T0 + t, temp(t)), Sample(SPEED, T0 + t, 0.0)):
                 if sample.path in self.engine.paths:
                     self.engine.tap(sample)
-            if k % 2 == 0:
-                self.engine.tick()
+            self.engine.tick()  # the daemon ticks every 0.1 s: after each 10 Hz frame
 
     def names(self) -> list[str]:
         return [n for n, _ in self.events]
@@ -205,3 +204,26 @@ def test_a_ring_keeps_the_last_n_and_honours_min_interval() -> None:
     names.add(1.0, "P")
     assert list(flags.between(0, 5)) == [(1.0, True), (2.0, False)]
     assert list(names.between(0, 5)) == [(1.0, "P")]
+
+
+def test_windows_match_a_plain_computation_over_random_samples() -> None:
+    import random
+
+    from agent.campaigns.ring import Window
+
+    rng = random.Random(15)
+    windows = {f: Window(2.5) for f in ("avg", "min", "max")}
+    history: list[tuple[float, float]] = []
+    t = 0.0
+    for _ in range(3000):
+        t += rng.choice([0.01, 0.1, 0.3, 1.0])
+        value = rng.uniform(-50, 50)
+        history.append((t, value))
+        for function, window in windows.items():
+            window.add(t, value)
+            inside = [v for ts, v in history if t - 2.5 < ts <= t]
+            want = {"avg": sum(inside) / len(inside), "min": min(inside), "max": max(inside)}
+            assert window.value(function, t) == pytest.approx(want[function], abs=1e-9)
+    # A log played again from its start: the window starts afresh.
+    windows["max"].add(1.0, -100.0)
+    assert windows["max"].value("max", 1.0) == -100.0
