@@ -6,8 +6,8 @@ only when its path is in `paths`, which is empty while no campaign is active. A 
 evaluated on every tick (0.1 s) that brought its inputs new samples, at the newest input's
 frame time, which is then the trigger's time. A capture holds the ring's last `pre_trigger_s`
 seconds from the moment of the trigger, and the next `post_trigger_s` seconds are read from
-the rings when the window has passed. Captures in flight when the agent stops are lost (the campaign itself is
-stored and carries on after a restart).
+the rings when the window has passed. Captures in flight when the agent stops are lost (the
+campaign itself is stored and carries on after a restart).
 """
 
 from __future__ import annotations
