@@ -141,7 +141,7 @@ def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
     report(
         f"campaign test: one capture of {len(capture['samples'])} samples "
         f"({len(window)} of the pack temperature: every frame, the car at 2x sends 20 a second; "
-        f"{len(socs)} of the state of charge at 1 Hz) around trigger_ts {trigger:.3f}; the second failure ignored "
-        f"(min_interval_s); expired {expired_at - (t0 + timedelta(seconds=85)).timestamp():.2f} s "
+        f"{len(socs)} of the state of charge at 1 Hz) around trigger_ts {trigger:.3f}; "
+        f"the second failure ignored (min_interval_s); expired {expired_at - (t0 + timedelta(seconds=85)).timestamp():.2f} s "
         f"after its time; P/campaigns message: {json.dumps(capture)[:300]}..."
     )
