@@ -138,10 +138,11 @@ def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
     socs = [s["ts"] for s in capture["samples"] if s["path"] == SOC]
     assert all(b - a >= 1.0 - 1e-6 for a, b in itertools.pairwise(socs))
     assert 12 <= len(socs) <= 16
+    late = expired_at - (t0 + timedelta(seconds=85)).timestamp()
     report(
         f"campaign test: one capture of {len(capture['samples'])} samples "
         f"({len(window)} of the pack temperature: every frame, the car at 2x sends 20 a second; "
         f"{len(socs)} of the state of charge at 1 Hz) around trigger_ts {trigger:.3f}; "
-        f"the second failure ignored (min_interval_s); expired {expired_at - (t0 + timedelta(seconds=85)).timestamp():.2f} s "
-        f"after its time; P/campaigns message: {json.dumps(capture)[:300]}..."
+        f"the second failure ignored (min_interval_s); expired {late:.2f} s after its time;"
+        f" P/campaigns message: {json.dumps(capture)[:300]}..."
     )
