@@ -419,6 +419,54 @@ def test_mqtt5_response_topic_and_correlation_data(
     ]
 
 
+def test_rejections_go_to_the_response_topic_too(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+) -> None:
+    """Every rejection, from a request that cannot be read to a replay, reaches the
+    requester's response topic with its correlation data, as well as P/commands/response."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    rig, running = rig_factory(scenario="parked")
+    got: list[tuple[bytes | None, dict[str, Any]]] = []
+    app = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    app.on_message = lambda _c, _u, m: got.append(
+        (getattr(m.properties, "CorrelationData", None), json.loads(m.payload))
+    )
+    app.connect("127.0.0.1", rig.port)
+    app.loop_start()
+    app.subscribe("backend/replies/#", qos=1)
+    key, car = rig.key, rig.vehicle
+    done = key.token(car, "state.snapshot")
+    requests: list[tuple[bytes, bytes, str]] = [
+        (b"not a token", b"c-garbage", "MALFORMED"),
+        (b"x" * 20000, b"c-huge", "MALFORMED"),
+        (_flip_signature_bit(key.token(car, "hvac.start", {})), b"c-sig", "BAD_SIGNATURE"),
+        (key.token(car, "hvac.start", {"target_temp_c": 99}), b"c-params", "BAD_PARAMS"),
+        (key.token(car, "hvac.start", {}, iat=time.time() - 400, ttl=200), b"c-exp", "EXPIRED"),
+        (done, b"c-replay", "REPLAY"),
+    ]
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        _run(rig, done)  # the replay below repeats it
+        for payload, correlation, _reason in requests:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "backend/replies/phone-7"
+            props.CorrelationData = correlation
+            app.publish(
+                f"vehicles/{car}/commands/request", payload, qos=1, properties=props
+            ).wait_for_publish(5)
+        wait_until(lambda: len(got) >= len(requests), 10, "every rejection on the reply topic")
+    app.loop_stop()
+    app.disconnect()
+    answers = {c: (body["status"], body["reason"]) for c, body in got}
+    assert answers == {c: ("rejected", reason) for _p, c, reason in requests}
+    on_shared = [r for r in rig.responses() if r["status"] == "rejected"]
+    assert len(on_shared) == len(requests)
+
+
 def _charging_events(rig: Rig) -> list[dict[str, Any]]:
     return [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
 
