@@ -23,7 +23,7 @@ import structlog
 
 from agent.commands import definitions
 from agent.commands.auth import Verifier
-from agent.commands.executor import Executor
+from agent.commands.executor import CommandStats, Executor
 from agent.commands.store import CommandStore
 from agent.energy.schedule import ScheduleRunner
 from agent.errors import AgentError, ConfigError
@@ -168,7 +168,9 @@ class Agent:
                 pipeline=pipeline,
                 outbox=self._outbox,
                 uplink=lambda: self.uplink,
-                commands=lambda: self.executor.stats.as_health() if self.executor else {},
+                commands=lambda: (
+                    self.executor.stats if self.executor else CommandStats()
+                ).as_health(),
             )
             self.uplink = Uplink(
                 settings=settings,

@@ -6,8 +6,8 @@ Responses on `P/commands/response`: `accepted` at once, then `succeeded`, `timed
 response topic, when it named one, with its correlation data: rejections included, even of a
 request that could not be read, so a back end listening there never waits in vain. Rejections
 are rate-limited (a flood of forged tokens costs a bounded amount of work and publishes a
-bounded number of answers; the rest are counted). A `jti` is committed to the command store before its command acts, so it acts at
-most once, across restarts.
+bounded number of answers; the rest are counted). A `jti` is committed to the command store
+before its command acts, so it acts at most once, across restarts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import can
 import structlog
 
-from agent.commands.auth import MAX_TOKEN_BYTES, AuthError, VerifiedCommand, Verifier
+from agent.commands.auth import MAX_TOKEN_BYTES, REASONS, AuthError, VerifiedCommand, Verifier
 from agent.commands.definitions import BadParams, ResolvedCommand
 from agent.commands.store import CommandStore
 from agent.errors import AgentError, StoreError
@@ -30,6 +30,7 @@ from agent.uplink.outbox import Outbox, OutboxError
 
 log = structlog.get_logger("agent.commands.definitions")
 
+STATUSES = ("accepted", "in_progress", "succeeded", "failed", "timed_out", "rejected")
 QUEUE_SIZE = 8
 FEEDBACK_POLL_S = 0.05
 
@@ -76,11 +77,12 @@ class CommandStats:
             self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
 
     def as_health(self) -> dict[str, Any]:
-        """The `commands` object of P/health."""
+        """The `commands` object of P/health: every status and reason, zeros included."""
         return {
+            **dict.fromkeys(STATUSES, 0),
             **self.by_status,
             "requests": self.requests,
-            "reasons": dict(self.by_reason),
+            "reasons": {**dict.fromkeys(REASONS, 0), **self.by_reason},
             "suppressed": self.suppressed,
             "frames_sent": dict(self.frames_sent),
         }

@@ -181,6 +181,18 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
     assert later["mqtt"]["connected"] is True
     assert later["outbox"]["depth"] >= 0
     assert {"decode_errors", "samples", "dropped", "commands"} <= set(later)
+    # Every documented key from the first message on, zeros included.
+    assert health["commands"]["accepted"] == health["commands"]["rejected"] == 0
+    assert set(health["dropped"]) >= {
+        "dropped_telemetry",
+        "dropped_event",
+        "dropped_response",
+        "dropped_samples",
+        "expired_telemetry",
+        "expired_samples",
+        "unstored_samples",
+    }
+    assert {"outages", "down_s"} <= set(health["buses"]["powertrain"])
 
 
 def test_untrusted_command_requests_are_rejected_by_the_daemon(
@@ -206,4 +218,6 @@ def test_untrusted_command_requests_are_rejected_by_the_daemon(
     sub.close()
     assert (first["id"], first["status"], first["reason"]) == (None, "rejected", "BAD_SIGNATURE")
     assert (second["id"], second["reason"]) == (None, "MALFORMED")
-    assert health["commands"]["reasons"] == {"BAD_SIGNATURE": 1, "MALFORMED": 1}
+    reasons = health["commands"]["reasons"]
+    assert {r: n for r, n in reasons.items() if n} == {"BAD_SIGNATURE": 1, "MALFORMED": 1}
+    assert len(reasons) == 14, "every reason code is reported, zeros included"
