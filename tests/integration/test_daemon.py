@@ -99,24 +99,32 @@ def test_status_is_retained_and_the_will_says_offline(
     daemon.start()
     daemon.wait_event("mqtt_connected")
     status = retained(broker.port, topic)
-    assert status["online"] is True
+    assert status["online"] is True and "reason" not in status
     assert status["agent_version"] and status["boot_id"]
+    time.sleep(1.0)  # the stop's time must be told apart from the connection's
+    stopped_at = time.time()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(5) == 0
     offline = retained(broker.port, topic)
-    assert offline["online"] is False
+    assert offline["online"] is False and offline["reason"] == "stopped"
     assert offline["boot_id"] == status["boot_id"]
+    assert offline["ts"] >= stopped_at - 0.1 > status["ts"], "an orderly stop carries its time"
 
     daemon.start()
     wait_until(lambda: retained(broker.port, topic)["online"] is True, 15, "online again")
     second = retained(broker.port, topic)
     assert second["boot_id"] != status["boot_id"]
+    time.sleep(1.5)
+    killed_at = time.time()
     daemon.signal(signal.SIGKILL)
     daemon.wait(5)
     will = wait_until(
         lambda: (r := retained(broker.port, topic))["online"] is False and r, 10, "the last will"
     )
     assert will["boot_id"] == second["boot_id"]
+    # The will was made when the connection was: its time is the connection's, not the loss's.
+    assert will["reason"] == "connection_lost"
+    assert will["ts"] == pytest.approx(second["ts"], abs=1.0) and will["ts"] < killed_at - 1.0
 
 
 def test_reconnects_after_the_broker_restarts(
