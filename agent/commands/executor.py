@@ -321,8 +321,11 @@ class Executor:
             if self.read_dtcs is None:
                 status, detail = "failed", "no ECUs are configured under diagnostics.ecus"
             else:
-                result = await self.read_dtcs()
-                failed = sorted(name for name, r in result.items() if "error" in r)
+                ecus = await self.read_dtcs()
+                failed = sorted(name for name, r in ecus.items() if "error" in r)
+                # Still `succeeded` (the command ran; the ECUs that answered are in the
+                # result), but a back end must not take a silent ECU's missing codes as none.
+                result = {**ecus, "partial": bool(failed)}
                 if failed:
                     detail = f"no DTCs from {', '.join(failed)} (see result)"
         elif definition.builtin == "charging.schedule":

@@ -25,6 +25,7 @@ from agent import cli
 from tests.support.agents import Key, Spy, agent_running, trust_entry
 from tests.support.brokers import Broker, Subscriber, wait_until
 from tests.support.configs import DBC_DIR, daemon_config
+from tests.support.schemas import validate
 
 BODY = cantools.database.load_file(DBC_DIR / "ev_body.dbc")
 PT = cantools.database.load_file(DBC_DIR / "ev_powertrain.dbc")
@@ -375,6 +376,7 @@ def test_hvac_duration_switches_climate_off_across_a_restart(
         event = rig.sub.wait_for("events", lambda m: m.json()["type"] == "command").json()
     assert 55 <= elapsed <= 80
     assert event["name"] == "hvac.stop" and event["data"]["automatic"] is True
+    validate("events", event)
     assert event["data"]["origin"] == result["id"]
     sent = BODY.decode_message(CLIMATE_REQ, bytes(rig.spy.last(CLIMATE_REQ).data))
     assert str(sent["TCU_ClimateCmd"]) == "OFF"
@@ -468,7 +470,10 @@ def test_rejections_go_to_the_response_topic_too(
 
 
 def _charging_events(rig: Rig) -> list[dict[str, Any]]:
-    return [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
+    events = [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
+    for event in events:
+        validate("events", event)
+    return events
 
 
 def test_charging_schedule_charges_only_in_the_cheap_window(
@@ -618,7 +623,10 @@ def test_read_dtcs_single_and_multi_frame_and_a_silent_ecu(
         ]
     }
     assert ecus["obc"] == {"error": "no answer within 2 s"}
+    assert ecus["partial"] is True, "a silent ECU makes the result partial"
     assert "obc" in result["detail"]
+    validate("command-response", result)
+    validate("command-response", ecus, "read_dtcs_result")
     # The ISO-TP frames on the bus: requests from the agent, answers from the ECUs.
     ids = {m.arbitration_id for m in list(rig.spy.frames)}
     assert {0x7E0, 0x7E8, 0x7E1, 0x7E9, 0x7E2} <= ids and 0x7EA not in ids

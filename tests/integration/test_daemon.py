@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.brokers import Broker, Daemon, Subscriber, retained, running, wait_until
+from tests.support.schemas import validate
 
 SCENARIO = """\
 mode: parked
@@ -107,6 +108,8 @@ def test_status_is_retained_and_the_will_says_offline(
     assert daemon.wait(5) == 0
     offline = retained(broker.port, topic)
     assert offline["online"] is False and offline["reason"] == "stopped"
+    validate("status", status, "online")
+    validate("status", offline, "stopped")
     assert offline["boot_id"] == status["boot_id"]
     assert offline["ts"] >= stopped_at - 0.1 > status["ts"], "an orderly stop carries its time"
 
@@ -124,6 +127,7 @@ def test_status_is_retained_and_the_will_says_offline(
     assert will["boot_id"] == second["boot_id"]
     # The will was made when the connection was: its time is the connection's, not the loss's.
     assert will["reason"] == "connection_lost"
+    validate("status", will, "will")
     assert will["ts"] == pytest.approx(second["ts"], abs=1.0) and will["ts"] < killed_at - 1.0
 
 
