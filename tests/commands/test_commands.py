@@ -318,6 +318,7 @@ def test_preconditions_driving_and_low_charge(
             result = _run(rig, rig.key.token(rig.vehicle, "hvac.start", {"target_temp_c": 20}))
             assert (result["status"], result["reason"]) == ("rejected", "PRECONDITION_FAILED")
             assert needle in result["detail"]
+            assert "False" not in result["detail"] and "True" not in result["detail"]
             time.sleep(0.3)
             assert rig.frames_sent() == before
 
