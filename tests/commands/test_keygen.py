@@ -13,8 +13,17 @@ from tests.support.configs import CONFIG_DIR, DBC_DIR
 
 def _keygen(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", "keygen", "--kid", "fleet-app", "--out", str(tmp_path)]
-        + list(args),
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "keygen",
+            "--kid",
+            "fleet-app",
+            "--out",
+            str(tmp_path),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
