@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import re
 import signal
 import sys
 import threading
@@ -87,7 +89,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"private key: {private} (keep it on the back end, never on the car)", file=sys.stderr)
     print("add to the vehicle's configuration:", file=sys.stderr)
     print("commands:\n  trust:")
-    print(f'    - kid: {args.kid}\n      public_key: "{public}"\n      allow: ["*"]')
+    # Exactly the patterns asked for (least privilege: there is no default of "*").
+    print(f'    - kid: {args.kid}\n      public_key: "{public}"')
+    print(f"      allow: {json.dumps(args.allow)}")
     return EXIT_OK
 
 
@@ -264,9 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb(
         "keygen",
         cmd_keygen,
-        "Make an Ed25519 key pair for signing commands; print the trust entry.",
+        "Make an Ed25519 key pair for signing commands; print the trust entry, allowing "
+        "exactly the commands given.",
     )
     sub.add_argument("--kid", required=True, metavar="NAME")
+    sub.add_argument(
+        "--allow",
+        required=True,
+        nargs="+",
+        type=_pattern,
+        metavar="PATTERN",
+        help='command names or patterns the key may send, e.g. "hvac.*" state.snapshot',
+    )
     sub.add_argument("--out", default=".", metavar="DIR")
 
     sub = verb("sign", cmd_sign, "Print a signed command token.")
@@ -359,6 +372,15 @@ def _positive(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
     return value
+
+
+def _pattern(text: str) -> str:
+    """An `allow` pattern as commands.trust accepts it (letters, digits, `_ . * ?`)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.*?]+", text):
+        raise argparse.ArgumentTypeError(
+            f"not a command name or pattern: {text!r} (letters, digits, _ . * ?)"
+        )
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

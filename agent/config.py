@@ -357,6 +357,14 @@ class EcuSettings(_Model):
     request_id: Annotated[int, Field(ge=0, le=0x7FF)]  # 11-bit physical addressing
     response_id: Annotated[int, Field(ge=0, le=0x7FF)]
 
+    @field_validator("name")
+    @classmethod
+    def _not_partial(cls, value: str) -> str:
+        # read_dtcs's result holds one entry per ECU beside its `partial` flag.
+        if value == "partial":
+            raise ValueError("'partial' is reserved (read_dtcs's result uses it)")
+        return value
+
 
 class DiagnosticsSettings(_Model):
     """ECUs read by `diagnostics.read_dtcs` (UDS ReadDTCInformation over ISO-TP)."""

@@ -13,6 +13,7 @@ A comparison with a value not known yet is false (and reported as such).
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -59,8 +60,12 @@ class Expression:
         return _eval(self.tree, values, params) is True
 
     def explain(self, values: Mapping[str, Any]) -> str:
-        """The current values of the paths it reads, for a rejection's detail."""
-        shown = ", ".join(f"{p}={values.get(p, 'unknown')!r}" for p in sorted(self.paths))
+        """The current values of the paths it reads, for a rejection's detail: in JSON terms
+        (`false`, `"OFF"`), as the back end reading the detail writes them; `unknown` for a
+        path not seen yet."""
+        shown = ", ".join(
+            f"{p}={json.dumps(values[p]) if p in values else 'unknown'}" for p in sorted(self.paths)
+        )
         return f"{self.text} ({shown})"
 
 

@@ -25,7 +25,7 @@ from agent.campaigns.engine import CampaignEngine, capture_payload
 from agent.campaigns.spec import Campaign
 from agent.commands import definitions
 from agent.commands.auth import Verifier
-from agent.commands.executor import Executor
+from agent.commands.executor import CommandStats, Executor
 from agent.commands.store import CommandStore
 from agent.energy.grid import GridRunner
 from agent.energy.schedule import ScheduleRunner
@@ -179,7 +179,9 @@ class Agent:
                 pipeline=pipeline,
                 outbox=self._outbox,
                 uplink=lambda: self.uplink,
-                commands=lambda: self.executor.stats.as_health() if self.executor else {},
+                commands=lambda: (
+                    self.executor.stats if self.executor else CommandStats()
+                ).as_health(),
             )
             self.uplink = Uplink(
                 settings=settings,

@@ -2,10 +2,12 @@
 preconditions, send the CAN frames, wait for the feedback signal, report through the outbox.
 
 Responses on `P/commands/response`: `accepted` at once, then `succeeded`, `timed_out` or
-`failed`; or `rejected` with a reason. Rejections are rate-limited (a flood of forged tokens
-costs a bounded amount of work and publishes a bounded number of answers; the rest are
-counted). A `jti` is committed to the command store before its command acts, so it acts at
-most once, across restarts.
+`failed`; or `rejected` with a reason. Every one of them also goes to the request's MQTT 5
+response topic, when it named one, with its correlation data: rejections included, even of a
+request that could not be read, so a back end listening there never waits in vain. Rejections
+are rate-limited (a flood of forged tokens costs a bounded amount of work and publishes a
+bounded number of answers; the rest are counted). A `jti` is committed to the command store
+before its command acts, so it acts at most once, across restarts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from typing import Any
 import can
 import structlog
 
-from agent.commands.auth import MAX_CAMPAIGN_TOKEN_BYTES, AuthError, VerifiedCommand, Verifier
+from agent.commands.auth import (
+    MAX_CAMPAIGN_TOKEN_BYTES,
+    REASONS,
+    AuthError,
+    VerifiedCommand,
+    Verifier,
+)
 from agent.commands.definitions import BadParams, ResolvedCommand
 from agent.commands.store import CommandStore
 from agent.errors import AgentError, StoreError
@@ -28,6 +36,7 @@ from agent.uplink.outbox import Outbox, OutboxError
 
 log = structlog.get_logger("agent.commands.definitions")
 
+STATUSES = ("accepted", "in_progress", "succeeded", "failed", "timed_out", "rejected")
 QUEUE_SIZE = 8
 FEEDBACK_POLL_S = 0.05
 
@@ -78,11 +87,12 @@ class CommandStats:
             self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
 
     def as_health(self) -> dict[str, Any]:
-        """The `commands` object of P/health."""
+        """The `commands` object of P/health: every status and reason, zeros included."""
         return {
+            **dict.fromkeys(STATUSES, 0),
             **self.by_status,
             "requests": self.requests,
-            "reasons": dict(self.by_reason),
+            "reasons": {**dict.fromkeys(REASONS, 0), **self.by_reason},
             "suppressed": self.suppressed,
             "frames_sent": dict(self.frames_sent),
         }
@@ -166,33 +176,40 @@ class Executor:
     # --- requests (synchronous: called for each MQTT request) ---------------------------
     def on_request(self, payload: bytes, properties: Any = None) -> None:
         self.stats.requests += 1
+        # The response topic comes from the MQTT packet, not the token: it is known even for a
+        # request that cannot be read. Where the car may publish is bounded by the broker's
+        # ACL, and how often by the rejection rate limit, whoever sent the request.
+        reply = _reply_to(properties)
+        # 64 KiB for campaign.* only; every other command is held to 16 KiB once its claims
+        # are read (auth.py), before any parsing here only the larger bound can apply.
         if len(payload) > MAX_CAMPAIGN_TOKEN_BYTES:  # refused before any parsing
             self._reject(
                 None,
                 "MALFORMED",
                 f"request of {len(payload)} bytes is over {MAX_CAMPAIGN_TOKEN_BYTES}",
+                reply,
             )
             return
         command_id: str | None = None
         try:
             command = self._verifier.verify(payload, self._clock())
             command_id = command.jti
-            self._admit(command, _reply_to(properties))
+            self._admit(command, reply)
         except AuthError as exc:
-            self._reject(exc.command_id, exc.reason, exc.detail)
+            self._reject(exc.command_id, exc.reason, exc.detail, reply)
         except StoreError as exc:
             log.error("command_store_failed", command_id=command_id, error=str(exc))
-            self._reject(command_id, "BUSY", "the vehicle cannot record commands right now")
+            self._reject(command_id, "BUSY", "the vehicle cannot record commands right now", reply)
         except Exception as exc:  # bad input must never end the daemon
             log.error("command_request_failed", command_id=command_id, error=repr(exc)[:200])
-            self._reject(command_id, "MALFORMED", "the request could not be processed")
+            self._reject(command_id, "MALFORMED", "the request could not be processed", reply)
 
     def _admit(self, command: VerifiedCommand, reply: tuple[str, bytes | None] | None) -> None:
         jti = command.jti
         prior = self._store.seen(jti)
         if prior is not None:
             result = prior.status + (f"/{prior.reason}" if prior.reason else "")
-            self._reject(jti, "REPLAY", f"already handled: {result}")
+            self._reject(jti, "REPLAY", f"already handled: {result}", reply)
             return
         keep_until = command.expires_at + self._verifier.clock_skew_s
         resolved = self._commands.get(command.command)
@@ -223,22 +240,21 @@ class Executor:
                         break
         if reason is None and self._queue.full():
             # Not spent: the same token may be sent again once the queue has room.
-            self._reject(jti, "BUSY", "commands are queued; try again")
+            self._reject(jti, "BUSY", "commands are queued; try again", reply)
             return
         if reason is not None and detail is not None:
             # Verified but refused: the jti is spent, so a replay gets the same answer.
             if self._store.claim(jti, command.command, keep_until, "rejected", reason, detail):
-                self._reject(jti, reason, detail)
+                self._reject(jti, reason, detail, reply)
             else:
-                self._reject(jti, "REPLAY", "already handled")
+                self._reject(jti, "REPLAY", "already handled", reply)
             return
         assert resolved is not None
         if not self._store.claim(jti, command.command, keep_until, "accepted"):
-            self._reject(jti, "REPLAY", "already handled")
+            self._reject(jti, "REPLAY", "already handled", reply)
             return
         if reply is not None:
-            # MQTT 5 response topic: honoured only for a verified, accepted command, so
-            # neither a forgery nor a replay can make the car publish anywhere else.
+            # Kept until the final answer: in_progress and the result go there too.
             self._replies[jti] = reply
         log.info(
             "command_accepted",
@@ -250,13 +266,19 @@ class Executor:
         self._respond(jti, "accepted")
         self._queue.put_nowait(_Job(jti, resolved, params))
 
-    def _reject(self, jti: str | None, reason: str, detail: str) -> None:
+    def _reject(
+        self,
+        jti: str | None,
+        reason: str,
+        detail: str,
+        reply: tuple[str, bytes | None] | None = None,
+    ) -> None:
         self.stats.count("rejected", reason)
         if not self._bucket.take():
             self.stats.suppressed += 1
             return
         log.info("command_rejected", command_id=jti, reason=reason, detail=detail)
-        self._publish(jti, "rejected", reason, detail, count=False)
+        self._publish(jti, "rejected", reason, detail, count=False, reply=reply)
 
     def _respond(
         self,
@@ -277,12 +299,14 @@ class Executor:
         *,
         count: bool = True,
         result: dict[str, Any] | None = None,
+        reply: tuple[str, bytes | None] | None = None,
     ) -> None:
         if count:
             self.stats.count(status, reason)
         final = status not in ("accepted", "in_progress")
-        reply = None
-        if jti is not None:
+        if status != "rejected" and jti is not None:
+            # A rejection brings its own (a replay of a jti in flight must not take the
+            # original request's response topic away from it).
             reply = self._replies.pop(jti, None) if final else self._replies.get(jti)
         destinations: list[tuple[str, bytes | None]] = [("commands/response", None)]
         if reply is not None:
@@ -323,8 +347,11 @@ class Executor:
             if self.read_dtcs is None:
                 status, detail = "failed", "no ECUs are configured under diagnostics.ecus"
             else:
-                result = await self.read_dtcs()
-                failed = sorted(name for name, r in result.items() if "error" in r)
+                ecus = await self.read_dtcs()
+                failed = sorted(name for name, r in ecus.items() if "error" in r)
+                # Still `succeeded` (the command ran; the ECUs that answered are in the
+                # result), but a back end must not take a silent ECU's missing codes as none.
+                result = {**ecus, "partial": bool(failed)}
                 if failed:
                     detail = f"no DTCs from {', '.join(failed)} (see result)"
         elif definition.builtin is not None:

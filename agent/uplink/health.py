@@ -9,13 +9,26 @@ from typing import Any
 
 import structlog
 
-from agent.uplink.mqtt import Uplink
+from agent.uplink.mqtt import Uplink, UplinkStats
 from agent.uplink.outbox import Outbox
 from agent.uplink.pipeline import Pipeline
 from agent.vehicle.can_io import CanReceiver
 from agent.vehicle.decode import Decoder
 
 log = structlog.get_logger("agent.stats")
+
+# The outbox's persistent drop counters, each present from the start (zeros included) so a
+# back end never has to tell "none yet" from "not reported". docs/schemas/health.schema.json
+# lists every key of P/health; a key added here goes there too.
+DROPPED_COUNTERS = (
+    "dropped_telemetry",
+    "dropped_event",
+    "dropped_response",
+    "dropped_campaign",
+    "dropped_samples",
+    "expired_telemetry",
+    "expired_samples",
+)
 
 
 class Health:
@@ -53,17 +66,15 @@ class Health:
             )
             buses[receiver.name] = stats
         uplink = self._uplink()
-        mqtt: dict[str, Any] = {}
-        if uplink is not None:
-            u = uplink.stats
-            mqtt = {
-                "connected": u.connected,
-                "reconnects": u.reconnects,
-                "connect_failures": u.connect_failures,
-                "published": u.published,
-                "refused": u.publish_refused,
-                "requests": u.requests,
-            }
+        u = uplink.stats if uplink is not None else UplinkStats()
+        mqtt = {
+            "connected": u.connected,
+            "reconnects": u.reconnects,
+            "connect_failures": u.connect_failures,
+            "published": u.published,
+            "refused": u.publish_refused,
+            "requests": u.requests,
+        }
         p = self._pipeline.stats
         return {
             "ts": round(time.time(), 3),
@@ -88,7 +99,11 @@ class Health:
             },
             # Persistent counters from the outbox: dropped_telemetry, dropped_event,
             # dropped_response, dropped_samples, expired_telemetry, expired_samples.
-            "dropped": {**self._outbox.counters(), "unstored_samples": p.samples_dropped},
+            "dropped": {
+                **dict.fromkeys(DROPPED_COUNTERS, 0),
+                **self._outbox.counters(),
+                "unstored_samples": p.samples_dropped,
+            },
             "mqtt": mqtt,
             "commands": self._commands(),
         }

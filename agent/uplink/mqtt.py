@@ -198,18 +198,25 @@ class Uplink:
     def topic(self, suffix: str) -> str:
         return f"{self.prefix}/{suffix}"
 
-    def _status(self, online: bool) -> bytes:
-        body = {
+    def _status(self, online: bool, reason: str | None = None) -> bytes:
+        """P/status. `ts` is now: for the last will (made at connect time) that is the time of
+        the connection it belongs to, since the broker sends it unchanged whenever it is lost.
+        `reason` says why offline: `connection_lost` (the will) or `stopped` (orderly)."""
+        body: dict[str, Any] = {
             "online": online,
             "agent_version": __version__,
             "boot_id": self._boot_id,
             "ts": round(time.time(), 3),
         }
+        if reason is not None:
+            body["reason"] = reason
         return json.dumps(body, separators=(",", ":")).encode()
 
     def _client(self) -> _Client:
         m = self._mqtt
-        will = aiomqtt.Will(self.topic("status"), self._status(False), qos=1, retain=True)
+        will = aiomqtt.Will(
+            self.topic("status"), self._status(False, "connection_lost"), qos=1, retain=True
+        )
         kwargs: dict[str, Any] = {}
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -318,7 +325,11 @@ class Uplink:
                 task.cancel()
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(
-                self.topic("status"), self._status(False), qos=1, retain=True, timeout=1.0
+                self.topic("status"),
+                self._status(False, "stopped"),
+                qos=1,
+                retain=True,
+                timeout=1.0,
             )
         log.info("mqtt_goodbye", published=self.stats.published, outbox=self._outbox.depth())
 

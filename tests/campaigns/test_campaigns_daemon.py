@@ -22,6 +22,7 @@ from agent import cli
 from tests.commands.test_commands import PT, Rig, _run, rig_factory
 from tests.support.brokers import wait_until
 from tests.support.configs import CONFIG_DIR
+from tests.support.schemas import validate
 
 __all__ = ["rig_factory"]  # the fixture, shared with the command tests
 
@@ -101,6 +102,11 @@ def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
     captures = [m.json() for m in rig.sub.on("campaigns/battery-heat")]
     assert len(captures) == 1, "the second failure is within min_interval_s: no new capture"
     capture = captures[0]
+    validate("campaign", capture)
+    for event in _events(rig):
+        validate("events", event)
+    for state in rig.sub.on("state"):
+        validate("state", state.json())
     assert (capture["v"], capture["vehicle_id"], capture["campaign"], capture["version"]) == (
         1,
         rig.vehicle,

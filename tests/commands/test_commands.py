@@ -25,6 +25,7 @@ from agent import cli
 from tests.support.agents import Key, Spy, agent_running, trust_entry
 from tests.support.brokers import Broker, Subscriber, wait_until
 from tests.support.configs import DBC_DIR, daemon_config
+from tests.support.schemas import validate
 
 BODY = cantools.database.load_file(DBC_DIR / "ev_body.dbc")
 PT = cantools.database.load_file(DBC_DIR / "ev_powertrain.dbc")
@@ -317,6 +318,7 @@ def test_preconditions_driving_and_low_charge(
             result = _run(rig, rig.key.token(rig.vehicle, "hvac.start", {"target_temp_c": 20}))
             assert (result["status"], result["reason"]) == ("rejected", "PRECONDITION_FAILED")
             assert needle in result["detail"]
+            assert "False" not in result["detail"] and "True" not in result["detail"]
             time.sleep(0.3)
             assert rig.frames_sent() == before
 
@@ -375,6 +377,7 @@ def test_hvac_duration_switches_climate_off_across_a_restart(
         event = rig.sub.wait_for("events", lambda m: m.json()["type"] == "command").json()
     assert 55 <= elapsed <= 80
     assert event["name"] == "hvac.stop" and event["data"]["automatic"] is True
+    validate("events", event)
     assert event["data"]["origin"] == result["id"]
     sent = BODY.decode_message(CLIMATE_REQ, bytes(rig.spy.last(CLIMATE_REQ).data))
     assert str(sent["TCU_ClimateCmd"]) == "OFF"
@@ -419,8 +422,59 @@ def test_mqtt5_response_topic_and_correlation_data(
     ]
 
 
+def test_rejections_go_to_the_response_topic_too(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+) -> None:
+    """Every rejection, from a request that cannot be read to a replay, reaches the
+    requester's response topic with its correlation data, as well as P/commands/response."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    rig, running = rig_factory(scenario="parked")
+    got: list[tuple[bytes | None, dict[str, Any]]] = []
+    app = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    app.on_message = lambda _c, _u, m: got.append(
+        (getattr(m.properties, "CorrelationData", None), json.loads(m.payload))
+    )
+    app.connect("127.0.0.1", rig.port)
+    app.loop_start()
+    app.subscribe("backend/replies/#", qos=1)
+    key, car = rig.key, rig.vehicle
+    done = key.token(car, "state.snapshot")
+    requests: list[tuple[bytes, bytes, str]] = [
+        (b"not a token", b"c-garbage", "MALFORMED"),
+        (b"x" * 20000, b"c-huge", "MALFORMED"),
+        (_flip_signature_bit(key.token(car, "hvac.start", {})), b"c-sig", "BAD_SIGNATURE"),
+        (key.token(car, "hvac.start", {"target_temp_c": 99}), b"c-params", "BAD_PARAMS"),
+        (key.token(car, "hvac.start", {}, iat=time.time() - 400, ttl=200), b"c-exp", "EXPIRED"),
+        (done, b"c-replay", "REPLAY"),
+    ]
+    with running():
+        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+        _run(rig, done)  # the replay below repeats it
+        for payload, correlation, _reason in requests:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "backend/replies/phone-7"
+            props.CorrelationData = correlation
+            app.publish(
+                f"vehicles/{car}/commands/request", payload, qos=1, properties=props
+            ).wait_for_publish(5)
+        wait_until(lambda: len(got) >= len(requests), 10, "every rejection on the reply topic")
+    app.loop_stop()
+    app.disconnect()
+    answers = {c: (body["status"], body["reason"]) for c, body in got}
+    assert answers == {c: ("rejected", reason) for _p, c, reason in requests}
+    on_shared = [r for r in rig.responses() if r["status"] == "rejected"]
+    assert len(on_shared) == len(requests)
+
+
 def _charging_events(rig: Rig) -> list[dict[str, Any]]:
-    return [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
+    events = [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
+    for event in events:
+        validate("events", event)
+    return events
 
 
 def test_charging_schedule_charges_only_in_the_cheap_window(
@@ -570,7 +624,10 @@ def test_read_dtcs_single_and_multi_frame_and_a_silent_ecu(
         ]
     }
     assert ecus["obc"] == {"error": "no answer within 2 s"}
+    assert ecus["partial"] is True, "a silent ECU makes the result partial"
     assert "obc" in result["detail"]
+    validate("command-response", result)
+    validate("command-response", ecus, "read_dtcs_result")
     # The ISO-TP frames on the bus: requests from the agent, answers from the ECUs.
     ids = {m.arbitration_id for m in list(rig.spy.frames)}
     assert {0x7E0, 0x7E8, 0x7E1, 0x7E9, 0x7E2} <= ids and 0x7EA not in ids

@@ -73,6 +73,12 @@ def test_paths_and_params_are_listed_for_config_checks() -> None:
     assert expression.paths == {"Vehicle.Speed", "Vehicle.Cabin.HVAC.IsAirConditioningActive"}
     assert expression.params == {"max"}
     assert "Vehicle.Speed=0.0" in expression.explain(V)
+    # JSON terms, not Python's: what a back end reading the detail writes itself.
+    shown = parse("Vehicle.Cabin.HVAC.IsAirConditioningActive and Vehicle.X == 'A'").explain(
+        {"Vehicle.Cabin.HVAC.IsAirConditioningActive": False}
+    )
+    assert "IsAirConditioningActive=false" in shown and "Vehicle.X=unknown" in shown
+    assert "False" not in shown
 
 
 @pytest.mark.parametrize(

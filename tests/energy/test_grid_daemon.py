@@ -17,6 +17,7 @@ import pytest
 from agent import cli
 from tests.commands.test_commands import PT, Rig, _charging_events, _run, rig_factory
 from tests.support.brokers import wait_until
+from tests.support.schemas import validate
 
 __all__ = ["rig_factory"]  # the fixture, shared with the command tests
 
@@ -107,6 +108,10 @@ def test_a_zero_limit_pauses_a_schedule_across_a_restart_and_the_target_is_still
         wait_until(lambda: "target_reached" in names(), 90, "the target")
     window = ((t0 + timedelta(seconds=30)).timestamp(), (t0 + timedelta(seconds=60)).timestamp())
     events = _charging_events(rig)
+    for event in events:
+        validate("events", event)
+    for state in rig.sub.on("state"):
+        validate("state", state.json())
     keyed = [(e["name"], e["data"].get("reason")) for e in events]
     milestones = [
         k for k in keyed if k[0] in ("plan_accepted", "replan", "limit_started", "limit_ended")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.brokers import Broker, Daemon, Subscriber, retained, running, wait_until
+from tests.support.schemas import validate
 
 SCENARIO = """\
 mode: parked
@@ -99,24 +100,35 @@ def test_status_is_retained_and_the_will_says_offline(
     daemon.start()
     daemon.wait_event("mqtt_connected")
     status = retained(broker.port, topic)
-    assert status["online"] is True
+    assert status["online"] is True and "reason" not in status
     assert status["agent_version"] and status["boot_id"]
+    time.sleep(1.0)  # the stop's time must be told apart from the connection's
+    stopped_at = time.time()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(5) == 0
     offline = retained(broker.port, topic)
-    assert offline["online"] is False
+    assert offline["online"] is False and offline["reason"] == "stopped"
+    validate("status", status, "online")
+    validate("status", offline, "stopped")
     assert offline["boot_id"] == status["boot_id"]
+    assert offline["ts"] >= stopped_at - 0.1 > status["ts"], "an orderly stop carries its time"
 
     daemon.start()
     wait_until(lambda: retained(broker.port, topic)["online"] is True, 15, "online again")
     second = retained(broker.port, topic)
     assert second["boot_id"] != status["boot_id"]
+    time.sleep(1.5)
+    killed_at = time.time()
     daemon.signal(signal.SIGKILL)
     daemon.wait(5)
     will = wait_until(
         lambda: (r := retained(broker.port, topic))["online"] is False and r, 10, "the last will"
     )
     assert will["boot_id"] == second["boot_id"]
+    # The will was made when the connection was: its time is the connection's, not the loss's.
+    assert will["reason"] == "connection_lost"
+    validate("status", will, "will")
+    assert will["ts"] == pytest.approx(second["ts"], abs=1.0) and will["ts"] < killed_at - 1.0
 
 
 def test_reconnects_after_the_broker_restarts(
@@ -181,6 +193,18 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
     assert later["mqtt"]["connected"] is True
     assert later["outbox"]["depth"] >= 0
     assert {"decode_errors", "samples", "dropped", "commands"} <= set(later)
+    # Every documented key from the first message on, zeros included.
+    assert health["commands"]["accepted"] == health["commands"]["rejected"] == 0
+    assert set(health["dropped"]) >= {
+        "dropped_telemetry",
+        "dropped_event",
+        "dropped_response",
+        "dropped_samples",
+        "expired_telemetry",
+        "expired_samples",
+        "unstored_samples",
+    }
+    assert {"outages", "down_s"} <= set(health["buses"]["powertrain"])
 
 
 def test_untrusted_command_requests_are_rejected_by_the_daemon(
@@ -206,4 +230,6 @@ def test_untrusted_command_requests_are_rejected_by_the_daemon(
     sub.close()
     assert (first["id"], first["status"], first["reason"]) == (None, "rejected", "BAD_SIGNATURE")
     assert (second["id"], second["reason"]) == (None, "MALFORMED")
-    assert health["commands"]["reasons"] == {"BAD_SIGNATURE": 1, "MALFORMED": 1}
+    reasons = health["commands"]["reasons"]
+    assert {r: n for r, n in reasons.items() if n} == {"BAD_SIGNATURE": 1, "MALFORMED": 1}
+    assert len(reasons) == 14, "every reason code is reported, zeros included"

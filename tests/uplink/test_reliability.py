@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
+from tests.support.schemas import validate
 
 KIB = 1024
 
@@ -158,7 +159,7 @@ def test_cap_holds_and_drop_counters_are_exact(
             30,
             "the backlog",
         )
-        health = backend.wait_for("health", lambda m: "dropped_telemetry" in m.json()["dropped"])
+        health = backend.wait_for("health", lambda m: m.json()["dropped"]["dropped_telemetry"] > 0)
     backend.close()
     received = {s for s in _telemetry_seqs(backend) if s <= last}
     missing = set(range(1, last + 1)) - received
@@ -166,6 +167,9 @@ def test_cap_holds_and_drop_counters_are_exact(
     assert health.json()["dropped"]["dropped_telemetry"] >= dropped
     storage = [m.json() for m in backend.on("events") if m.json()["type"] == "storage"]
     assert storage[0]["name"] == "dropping_started"
+    for event in storage:
+        validate("events", event)
+    validate("health", health.json())
     report(
         f"cap test: cap {cap} B, peak {max(peak, size)} B, dropped {dropped} oldest "
         f"telemetry messages of {last}, kept and delivered {len(received)}"
@@ -192,3 +196,4 @@ def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(
     assert first["seq"] > 10**12  # numbered from the clock: no reuse of lost numbers
     assert (storage["type"], storage["name"]) == ("storage", "outbox_damaged")
     assert storage["data"]["moved_to"] == event["moved_to"]
+    validate("events", storage)
