@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from agent.vehicle.model import Value
 
-MAX_WINDOW_SAMPLES = 10_000
+MAX_WINDOW_SAMPLES = 2_000  # per condition window: 20 s of a 100 Hz signal
 
 
 class Ring:

@@ -25,11 +25,18 @@ from pydantic import (
     model_validator,
 )
 
+from agent.campaigns.ring import MAX_WINDOW_SAMPLES
 from agent.expr import ExprError, Expression, parse
 
-# A sample in a ring costs 16 bytes (two doubles); rings are preallocated, so this is what a
-# campaign's rings take, whatever arrives. Strings cost more and are capped apart.
+# A sample in a ring costs 16 bytes (two doubles, or a double and a reference to a shared
+# string); rings are preallocated, so this is what a campaign's rings take whatever arrives.
+# Each signal's ring and each condition window add their own overhead; a window holds at most
+# ring.MAX_WINDOW_SAMPLES (time, value) pairs. The memory a campaign may use is the sum, and
+# tests/campaigns measures it with tracemalloc.
 BYTES_PER_SAMPLE = 16
+BYTES_PER_SIGNAL = 600  # the ring object, its arrays' headers, the engine's entries for it
+BYTES_PER_WINDOW_SAMPLE = 110  # a tuple of two floats in a deque
+BYTES_PER_CAMPAIGN = 16_384  # the model, the compiled condition, state
 MAX_SAMPLES_PER_SIGNAL = 100_000
 MAX_SIGNALS = 200
 MAX_WINDOW_S = 3600.0
@@ -108,8 +115,13 @@ class Campaign(BaseModel):
 
     @property
     def memory_bytes(self) -> int:
-        """What its rings may hold at most (what `campaigns.max_memory_kb` is checked with)."""
-        return sum(s.max_samples for s in self.signals) * BYTES_PER_SAMPLE
+        """The most it may use (what `campaigns.max_memory_kb` is checked with)."""
+        windows = len(_WINDOW.findall(getattr(self.trigger, "condition", "")))
+        return (
+            BYTES_PER_CAMPAIGN
+            + sum(s.max_samples * BYTES_PER_SAMPLE + BYTES_PER_SIGNAL for s in self.signals)
+            + windows * MAX_WINDOW_SAMPLES * BYTES_PER_WINDOW_SAMPLE
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,14 +110,54 @@ def test_a_bad_campaign_is_refused_with_a_detail_naming_the_problem(
 
 def test_memory_is_stated_and_enforced(store: CommandStore) -> None:
     body = heat(signals=[{"path": TEMP, "max_samples": 1000}, {"path": SPEED, "max_samples": 500}])
-    assert Campaign.model_validate(body).memory_bytes == 1500 * BYTES_PER_SAMPLE
-    rig = Rig(store, budget=2000 * BYTES_PER_SAMPLE)
+    stated = Campaign.model_validate(body).memory_bytes
+    # The campaign, two rings of 16 bytes a sample plus their overhead, one condition window.
+    assert stated == 16_384 + 1500 * BYTES_PER_SAMPLE + 2 * 600 + 2000 * 110
+    rig = Rig(store, budget=stated + 10_000)
     assert rig.engine.apply({"campaign": body}) == ("succeeded", None)
     other = heat(id="other", signals=[{"path": SOC, "max_samples": 600}])
-    with pytest.raises(CampaignError, match="the car allows 32000"):
+    with pytest.raises(CampaignError, match=f"the car allows {stated + 10_000}"):
         rig.engine.validate({"campaign": other})
     # A new version of the same campaign replaces it, so only its own size counts.
     assert rig.engine.apply({"campaign": {**body, "version": 2}}) == ("succeeded", None)
+
+
+def test_ten_campaigns_of_fifty_signals_stay_under_their_stated_memory(tmp_path: Path) -> None:
+    """Measured with tracemalloc: the engine's allocations once every ring is full."""
+    import tracemalloc
+
+    paths = [f"Vehicle.Test.Signal{i}" for i in range(500)]
+    with CommandStore(tmp_path / "commands.db") as store:
+        engine = CampaignEngine(
+            mapped=frozenset(paths),
+            store=store,
+            publish=lambda *a: None,
+            event=lambda *a: None,
+            max_memory_bytes=1 << 30,
+            clock=lambda: T0,
+        )
+        samples = [Sample(p, T0 + k * 0.01, float(k)) for k in range(700) for p in paths]
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        stated = 0
+        for c in range(10):
+            mine = paths[c * 50 : (c + 1) * 50]
+            body = heat(
+                id=f"c{c}",
+                signals=[{"path": p, "max_samples": 600} for p in mine],
+                trigger={"condition": f"avg({mine[0]}, 10) > 1e9 and {mine[1]} < -1"},
+            )
+            assert engine.apply({"campaign": body}) == ("succeeded", None)
+            stated += Campaign.model_validate(body).memory_bytes
+        for sample in samples:  # more than every ring holds: they are full
+            engine.tap(sample)
+        engine.tick()
+        # Everything allocated since, whoever allocated it (pydantic, sqlite, json included).
+        used = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+        tracemalloc.stop()
+    assert 0 < used <= stated, (used, stated)
+    assert used > 0.5 * stated  # the statement is not a wild overestimate either
+    print(f"ten campaigns of 50 signals: {used / 1e6:.2f} MB used, {stated / 1e6:.2f} MB stated")
 
 
 def test_a_rising_edge_publishes_the_pre_and_post_window_once(store: CommandStore) -> None:
