@@ -29,6 +29,9 @@ const { values: opts } = parseArgs({
     "ttl-s": { type: "string", default: "60" },
     "timeout-s": { type: "string", default: "60" },
     "exit-when-answered": { type: "boolean", default: false },
+    // With --exit-when-answered: go on listening this long after the last answer (to see,
+    // for example, a campaign's first capture).
+    "linger-s": { type: "string", default: "0" },
   },
 });
 if (!opts.vehicle) {
@@ -88,7 +91,9 @@ function onResponse(topic, body, correlation) {
   });
   if (topic === replyTopic && FINAL.has(body.status) && request) {
     pending.delete(request.jti);
-    if (opts["exit-when-answered"] && pending.size === 0 && sent) finish(0);
+    if (opts["exit-when-answered"] && pending.size === 0 && sent) {
+      setTimeout(() => finish(0), Number(opts["linger-s"]) * 1000);
+    }
   }
 }
 
@@ -123,6 +128,20 @@ client.on("message", (topic, payload, packet) => {
     case "commands/response":
       break; // ours come on replyTopic; others' answers are not our business
     default:
+      if (topic.startsWith(`${prefix}/campaigns/`)) {
+        // A campaign's capture: its own seq per campaign, deduplicated like telemetry.
+        const key = `${body.vehicle_id}/${body.campaign}`;
+        if (body.seq <= (seen.get(key) ?? 0)) break;
+        seen.set(key, body.seq);
+        out("campaign", {
+          campaign: body.campaign,
+          version: body.version,
+          seq: body.seq,
+          trigger_ts: body.trigger_ts,
+          samples: body.samples.length,
+        });
+        break;
+      }
       out("other", { topic });
   }
 });
@@ -172,7 +191,9 @@ client.on("connect", async () => {
   if (started) return; // a reconnect: the persistent session kept our subscriptions
   started = true;
   // Subscribe to the answers before sending anything.
-  const topics = ["status", "health", "state", "telemetry", "events", "commands/response"].map((t) => `${prefix}/${t}`);
+  const topics = ["status", "health", "state", "telemetry", "events", "commands/response", "campaigns/+"].map(
+    (t) => `${prefix}/${t}`,
+  );
   await client.subscribeAsync([...topics, replyTopic], { qos: 1 });
   if (!opts.send.length) return;
   // Commands need a car that is online (retained P/status) and knows its state.

@@ -120,3 +120,52 @@ def test_the_node_backend_hears_every_answer_on_its_response_topic(
         (ok_id, "succeeded"),
         (bad_id, "rejected"),
     }
+
+
+def test_the_node_backend_applies_a_campaign_and_receives_its_captures(
+    node_example: Path, broker: Broker, tmp_path: Path
+) -> None:
+    """docs/campaigns.md's Node.js path: the example signs campaign.apply with jose, the car
+    applies it, and the back end receives the periodic captures on P/campaigns/{id}."""
+    node = _need("node")
+    key = Key("fleet-app")
+    pem = tmp_path / "fleet-app.pem"
+    pem.write_bytes(key.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    text = daemon_config(broker.port, tmp_path, vehicle_id="NODE-2")
+    text = re.sub(
+        r"  trust: \[\][^\n]*\n",
+        "  trust:\n" + trust_entry(key, allow='["campaign.*"]'),
+        text,
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text(text)
+    campaign = {
+        "id": "soc-every-2s",
+        "version": 1,
+        "expires": "2099-01-01T00:00:00Z",
+        "signals": [{"path": "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"}],
+        "trigger": {"period_s": 2},
+        "pre_trigger_s": 2,
+    }
+    with running(Daemon(config, tmp_path / "agent.log")):
+        Subscriber(broker.port).wait_for("state", lambda m: True, timeout=20)
+        done = subprocess.run(
+            [
+                *(node, "backend.js", "--url", f"mqtt://127.0.0.1:{broker.port}"),
+                *("--vehicle", "NODE-2", "--key", str(pem), "--kid", "fleet-app"),
+                *("--send", f"campaign.apply {json.dumps({'campaign': campaign})}"),
+                *("--exit-when-answered", "--linger-s", "5", "--timeout-s", "60"),
+            ],
+            cwd=node_example,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    lines: list[dict[str, Any]] = [json.loads(line) for line in done.stdout.splitlines()]
+    answers = [(a["status"], a["on_reply_topic"]) for a in lines if a["kind"] == "response"]
+    assert answers == [("accepted", True), ("succeeded", True)], lines
+    captures = [line for line in lines if line["kind"] == "campaign"]
+    assert len(captures) >= 2, lines
+    assert [c["seq"] for c in captures] == list(range(1, len(captures) + 1))
+    assert all(c["campaign"] == "soc-every-2s" and c["samples"] >= 1 for c in captures)
