@@ -35,7 +35,9 @@ def _load_vehicle(path: str) -> Vehicle:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _load_vehicle(args.config)
+    vehicle = _load_vehicle(args.config)
+    for warning in vehicle.warnings:
+        print(warning, file=sys.stderr)
     print("OK")
     return EXIT_OK
 
@@ -44,6 +46,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from agent.vehicle import replay
 
     vehicle = _load_vehicle(args.config)
+    if not args.quiet:
+        for warning in vehicle.warnings:
+            print(warning, file=sys.stderr)
     channel_map = replay.parse_channel_map(args.map_channel or [])
     out = replay.open_output(args.output)
     try:
@@ -66,11 +71,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
     from agent import logs, supervisor
 
     vehicle = _load_vehicle(args.config)
     settings = vehicle.loaded.settings
     logs.configure(settings.logging.level, settings.logging.format)
+    for warning in vehicle.warnings:
+        structlog.get_logger("agent.config").warning("config_warning", problem=str(warning))
     return supervisor.run(vehicle)
 
 

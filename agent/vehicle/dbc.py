@@ -7,14 +7,15 @@ OEM engineer at the exact key that does not fit the car's DBC files.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import cantools
-from cantools.database.can import Database, Message, Signal
+from cantools.database.can import Message, Signal
 
 from agent.config import BusSettings, Loaded, SignalSettings
 from agent.errors import ConfigError, Problem
+from agent.vehicle import dbc_files
 
 EXTENDED_FLAG = 0x8000_0000  # the DBC convention: bit 31 marks a 29-bit identifier
 
@@ -67,18 +68,15 @@ class Vehicle:
     loaded: Loaded
     buses: dict[str, BusDb]
     mapped: tuple[MappedSignal, ...]
-
-
-def load_database(path: str) -> Database:
-    """Load one DBC (or any CAN database cantools reads), strictly."""
-    db = cantools.database.load_file(path, strict=True)
-    if not isinstance(db, Database):
-        raise ValueError("not a CAN database (diagnostics databases are not supported)")
-    return db
+    warnings: tuple[Problem, ...] = ()  # leniencies taken: reported, never fatal
 
 
 def load_vehicle(loaded: Loaded) -> Vehicle:
-    """Load every bus's DBC files and resolve the mappings; ConfigError lists every problem."""
+    """Load every bus's DBC files and resolve the mappings; ConfigError lists every problem.
+
+    Warnings ride along: in `Vehicle.warnings` when the file is valid, in the ConfigError
+    beside the errors when it is not.
+    """
     problems: list[Problem] = []
     buses = {
         bus.name: _load_bus(loaded, index, bus, problems)
@@ -90,9 +88,9 @@ def load_vehicle(loaded: Loaded) -> Vehicle:
         if found is not None:
             mapped.append(found)
             problems += _check_transform(loaded, found)
-    if problems:
+    if any(not p.warning for p in problems):
         raise ConfigError(problems)
-    return Vehicle(loaded=loaded, buses=buses, mapped=tuple(mapped))
+    return Vehicle(loaded=loaded, buses=buses, mapped=tuple(mapped), warnings=tuple(problems))
 
 
 def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Problem]) -> BusDb:
@@ -101,17 +99,28 @@ def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Probl
     for file_index, path in enumerate(bus.dbc):
         where = ("can", "buses", index, "dbc", file_index)
         try:
-            database = load_database(str(path))
+            database, quirks = dbc_files.load(path, strict=bus.strict)
         except FileNotFoundError:
             problems.append(loaded.problem(where, f"DBC file not found: {path}"))
             continue
         except OSError as exc:
             problems.append(loaded.problem(where, f"cannot read DBC file {path}: {exc.strerror}"))
             continue
-        except Exception as exc:  # cantools/textparser raise many types; all mean "bad file"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            problems.append(loaded.problem(where, f"cannot parse DBC file {path}: {reason}"))
+        except dbc_files.StrictRefusal as exc:
+            problems += _quirk_lines(loaded, where, path, exc.quirks, strict=True)
             continue
+        except dbc_files.DatabaseLoadError as exc:
+            at = f": line {exc.line}" if exc.line else ""
+            hint = (
+                " (strict: false loads it with a warning)"
+                if bus.strict and ("overlapping" in exc.reason or "does not fit" in exc.reason)
+                else ""
+            )
+            problems.append(
+                loaded.problem(where, f"cannot load DBC file {path}{at}: {exc.reason}{hint}")
+            )
+            continue
+        problems += _quirk_lines(loaded, where, path, quirks, strict=False)
         for message in database.messages:
             key = frame_key(message.frame_id, message.is_extended_frame)
             if key in db.messages:
@@ -134,6 +143,46 @@ def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Probl
             origin[key] = path.name
             db.add(message)
     return db
+
+
+def _quirk_lines(
+    loaded: Loaded,
+    where: tuple[str | int, ...],
+    path: Path,
+    quirks: list[dbc_files.Leniency],
+    *,
+    strict: bool,
+) -> list[Problem]:
+    """One line per kind of quirk in a file: warnings when lenient, errors when strict."""
+    lines = []
+    for kind, group in _grouped(quirks):
+        first = group[0]
+        if len(group) == 1:
+            text = (
+                f"{first.quirk} (set strict: false to load it: {first.action})"
+                if strict
+                else first.message
+            )
+        else:
+            what, action = dbc_files.KINDS[kind]
+            text = f"{len(group)} {what} ({_first_names([q.name for q in group])})"
+            text += f"; set strict: false to load them ({action})" if strict else f"; {action}"
+        problem = loaded.problem(where, f"{path.name} line {first.line}: {text}")
+        lines.append(problem if strict else replace(problem, warning=True))
+    return lines
+
+
+def _grouped(quirks: list[dbc_files.Leniency]) -> list[tuple[str, list[dbc_files.Leniency]]]:
+    groups: dict[str, list[dbc_files.Leniency]] = {}
+    for quirk in quirks:
+        groups.setdefault(quirk.kind, []).append(quirk)
+    return list(groups.items())
+
+
+def _first_names(names: list[str], shown: int = 3) -> str:
+    """`A, B, C and 328 more`: a repeated problem names its first few cases only."""
+    head = ", ".join(names[:shown])
+    return f"{head} and {len(names) - shown} more" if len(names) > shown else head
 
 
 def _resolve(
