@@ -34,6 +34,7 @@ class BusDb:
     messages: dict[int, Message] = field(default_factory=dict)  # by frame_key
     by_name: dict[str, Message] = field(default_factory=dict)
     signals: dict[str, list[tuple[Message, Signal]]] = field(default_factory=dict)
+    incomplete: bool = False  # a file failed to load: its "no such signal" follow-ons are moot
 
     @property
     def name(self) -> str:
@@ -101,15 +102,19 @@ def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Probl
         try:
             database, quirks = dbc_files.load(path, strict=bus.strict)
         except FileNotFoundError:
+            db.incomplete = True
             problems.append(loaded.problem(where, f"DBC file not found: {path}"))
             continue
         except OSError as exc:
+            db.incomplete = True
             problems.append(loaded.problem(where, f"cannot read DBC file {path}: {exc.strerror}"))
             continue
         except dbc_files.StrictRefusal as exc:
+            db.incomplete = True
             problems += _quirk_lines(loaded, where, path, exc.quirks, strict=True)
             continue
         except dbc_files.DatabaseLoadError as exc:
+            db.incomplete = True
             at = f": line {exc.line}" if exc.line else ""
             hint = (
                 " (strict: false loads it with a warning)"
@@ -121,27 +126,36 @@ def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Probl
             )
             continue
         problems += _quirk_lines(loaded, where, path, quirks, strict=False)
+        clashes: dict[str, list[str]] = {}  # other file -> "0x100 (A as B)"
+        fd_frames: list[str] = []
         for message in database.messages:
             key = frame_key(message.frame_id, message.is_extended_frame)
             if key in db.messages:
                 other = db.messages[key]
-                problems.append(
-                    loaded.problem(
-                        where,
-                        f"frame id {message.frame_id:#x} ({message.name}) is already defined "
-                        f"as {other.name} in {origin[key]}",
-                    )
+                clashes.setdefault(origin[key], []).append(
+                    f"{message.frame_id:#x} ({message.name} as {other.name})"
                 )
                 continue
             if message.is_fd and not bus.fd:
-                problems.append(
-                    loaded.problem(
-                        ("can", "buses", index, "fd"),
-                        f"{message.name} in {path.name} is a CAN FD frame; set fd: true",
-                    )
-                )
+                fd_frames.append(message.name)
             origin[key] = path.name
             db.add(message)
+        # A problem repeated across many messages of one file is one line: count, first names.
+        for other_file, ids in clashes.items():
+            what = (
+                f"frame id {ids[0]} is"
+                if len(ids) == 1
+                else f"{len(ids)} frame ids ({_first_names(ids)}) are"
+            )
+            problems.append(loaded.problem(where, f"{what} already defined in {other_file}"))
+        if fd_frames:
+            what = (
+                f"{fd_frames[0]} in {path.name} is a CAN FD frame"
+                if len(fd_frames) == 1
+                else f"{len(fd_frames)} messages in {path.name} are CAN FD frames "
+                f"({_first_names(fd_frames)})"
+            )
+            problems.append(loaded.problem(("can", "buses", index, "fd"), f"{what}; set fd: true"))
     return db
 
 
@@ -211,6 +225,26 @@ def _resolve(
         bus, message, signal = hits[0]
         return MappedSignal(index=index, settings=sig, bus=bus.name, message=message, signal=signal)
     scope = f"bus {sig.bus!r}" if sig.bus else "any bus"
+    if not hits and any(bus.incomplete for bus in candidates):
+        return None  # the DBC that failed to load is already reported; no cascade
+    if not hits and sig.bus is not None:
+        elsewhere = sorted(
+            {
+                bus.name
+                for bus in buses.values()
+                for message, _ in bus.signals.get(signal_name, ())
+                if not message_name or message.name == message_name
+            }
+        )
+        if elsewhere:
+            on = " and ".join(repr(name) for name in elsewhere)
+            problems.append(
+                loaded.problem(
+                    (*where, "bus"),
+                    f"{sig.source!r} is on bus {on}, not {sig.bus!r}",
+                )
+            )
+            return None
     if not hits:
         known = sorted({name for bus in candidates for name in bus.signals})
         if message_name:
