@@ -8,7 +8,7 @@ reports each rewrite as a `Leniency`. A strict load reports the same quirks as e
 Quirks handled (DBC text): frame ids over 11 bits without the extended flag (taken as extended),
 value tables (VAL_) for messages or signals that do not exist (ignored), comments (CM_) on
 messages, signals or nodes that do not exist (ignored), numbers written like `.25` (read as
-0.25). In every format: overlapping signals or signals outside their message (loaded as
+0.25), UTF-8 text where DBC files are cp1252 (read as UTF-8). In every format: overlapping signals or signals outside their message (loaded as
 written, cantools' own non-strict behaviour).
 """
 
@@ -73,6 +73,7 @@ KINDS = {
     ),
     "unknown_value_table": ("value tables (VAL_) for signals that do not exist", "ignored"),
     "unknown_comment": ("comments (CM_) on objects that do not exist", "ignored"),
+    "encoding": ("files that are UTF-8 rather than cp1252", "read as UTF-8"),
     "bare_point_number": ("numbers written without a digit before the point", "read as 0.x"),
     "overlap": (
         "messages with overlapping signals or signals outside the message",
@@ -107,8 +108,9 @@ class _Scan:
 def load(path: Path, *, strict: bool) -> tuple[Database, list[Leniency]]:
     """Load one database file; DatabaseLoadError, StrictRefusal or OSError when it cannot."""
     if path.suffix.lower() == ".dbc":
-        text = path.read_text(encoding="cp1252")  # cantools' own default for DBC
+        text, encoding = _read_dbc(path)
         fixed, quirks = normalise_dbc(text)
+        quirks[:0] = encoding
         if strict and quirks:
             raise StrictRefusal(quirks)
         db = _parse(lambda: cantools.database.load_string(fixed, "dbc", strict=strict), text)
@@ -119,6 +121,32 @@ def load(path: Path, *, strict: bool) -> tuple[Database, list[Leniency]]:
     if not strict:
         quirks += _layout_quirks(db, text)
     return db, quirks
+
+
+def _read_dbc(path: Path) -> tuple[str, list[Leniency]]:
+    """DBC files are cp1252 (cantools' default too); many real ones are UTF-8 instead."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", errors="replace"), [
+            Leniency("encoding", 1, path.name, "file starts with a UTF-8 byte order mark", _UTF8)
+        ]
+    try:
+        return raw.decode("cp1252"), []
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = f"byte {raw[exc.start]:#04x}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatabaseLoadError(line, f"{byte} is neither cp1252 nor UTF-8 text") from None
+        return text, [
+            Leniency(
+                "encoding", line, path.name, f"{byte} is not cp1252 text (DBC's encoding)", _UTF8
+            )
+        ]
+
+
+_UTF8 = "read as UTF-8"
 
 
 def _parse(call: Callable[[], object], text: str) -> Database:

@@ -44,6 +44,7 @@ EXPECTED: dict[str, list[tuple[str, int, str]]] = {
         ("unknown_value_table", 21, "LimpHome"),
     ],
     "charger.kcd": [("overlap", 25, "ChargerTemps")],
+    "utf8_comments.dbc": [("encoding", 12, "utf8_comments.dbc")],
     "climate.arxml": [],
     "shifter.sym": [],
 }
@@ -81,6 +82,9 @@ def test_quirks_are_repaired_not_just_tolerated() -> None:
     assert (current.scale, current.offset) == (0.05, -0.5)
     # Text inside quotes is never rewritten (".5 A" in the comment stays as written).
     assert current.comment is not None and ".5 A offset" in current.comment
+    seat, _ = dbc_files.load(QUIRKS / "utf8_comments.dbc", strict=False)
+    level = seat.get_message_by_name("SeatHeating").get_signal_by_name("SeatHeatLevel")
+    assert level.comment == "Heizstufe für den Fahrersitz, ÁLVARO's spec"
     lights, _ = dbc_files.load(QUIRKS / "orphan_tables.dbc", strict=False)
     head = lights.get_message_by_name("Lights").get_signal_by_name("HeadLamp")
     assert head.choices is not None and str(head.choices[2]) == "High"
@@ -171,6 +175,10 @@ def test_lenient_config_loads_with_one_warning_line_per_kind_and_file(
                 "line 21: value table (VAL_) for signal LimpHome of message VcuState; ignored",
             ),
             warning(
+                "utf8_comments.dbc",
+                "line 12: byte 0x81 is not cp1252 text (DBC's encoding); read as UTF-8",
+            ),
+            warning(
                 "charger.kcd",
                 "line 25: The signals HeatsinkTemp and CoolantTemp are overlapping in message "
                 "ChargerTemps; loaded as written",
@@ -182,7 +190,7 @@ def test_lenient_config_loads_with_one_warning_line_per_kind_and_file(
     # Every file's messages are there, the unflagged ids as extended frames.
     truck = vehicle.buses[f"bus{_bus_of('truck_j1939.dbc')}"]
     assert truck.messages[frame_key(0x18FEF100, True)].name == "ET1"
-    assert sum(len(bus.messages) for bus in vehicle.buses.values()) == 15
+    assert sum(len(bus.messages) for bus in vehicle.buses.values()) == 16
     assert [m.signal.name for m in vehicle.mapped] == [
         "WheelSpeed",
         "PackVoltage",
@@ -243,6 +251,11 @@ def test_strict_default_refuses_each_quirk_with_one_clear_line(
                 "line 21: value table (VAL_) for signal LimpHome of message VcuState "
                 "(set strict: false to load it: ignored)",
             ),
+            error(
+                "utf8_comments.dbc",
+                "line 12: byte 0x81 is not cp1252 text (DBC's encoding) "
+                "(set strict: false to load it: read as UTF-8)",
+            ),
         ]
         + [
             Problem(
@@ -296,5 +309,5 @@ def test_check_config_prints_warnings_and_ok(write_config: Callable[[str], Path]
     )
     assert (done.returncode, done.stdout) == (0, "OK\n")
     lines = done.stderr.splitlines()
-    assert len(lines) == 9
+    assert len(lines) == 10
     assert all(f"{path}:" in line and ": warning: " in line for line in lines), lines
