@@ -8,8 +8,9 @@ reports each rewrite as a `Leniency`. A strict load reports the same quirks as e
 Quirks handled (DBC text): frame ids over 11 bits without the extended flag (taken as extended),
 value tables (VAL_) for messages or signals that do not exist (ignored), comments (CM_) on
 messages, signals or nodes that do not exist (ignored), numbers written like `.25` (read as
-0.25), UTF-8 text where DBC files are cp1252 (read as UTF-8). In every format: overlapping signals or signals outside their message (loaded as
-written, cantools' own non-strict behaviour).
+0.25), UTF-8 text where DBC files are cp1252 (read as UTF-8). In every format: overlapping
+signals or signals outside their message (loaded as written, cantools' own non-strict
+behaviour).
 """
 
 from __future__ import annotations
