@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import can
 import pytest
 
 from agent import config
@@ -311,3 +312,40 @@ def test_check_config_prints_warnings_and_ok(write_config: Callable[[str], Path]
     lines = done.stderr.splitlines()
     assert len(lines) == 10
     assert all(f"{path}:" in line and ": warning: " in line for line in lines), lines
+
+
+def test_replay_decodes_a_lenient_file_and_shows_its_warnings(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    text = _config(strict=False)
+    path = write_config(text)
+    log = tmp_path / "truck.log"
+    channel = f"quirks-{_bus_of('truck_j1939.dbc')}"
+    with can.Logger(str(log)) as writer:
+        # CCVS: 29-bit id 0x0cf004fe, WheelSpeed 0x1900 / 256 = 25 km/h.
+        writer.on_message_received(
+            can.Message(
+                timestamp=5.0,
+                arbitration_id=0x0CF004FE,
+                is_extended_id=True,
+                data=bytes([0, 0x00, 0x19, 0, 0, 0, 0, 0]),
+                channel=channel,
+            )
+        )
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", "-c", str(path), str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == '{"ts": 5.0, "path": "Vehicle.Speed", "value": 25.0}\n'
+    warnings = [line for line in done.stderr.splitlines() if ": warning: " in line]
+    assert len(warnings) == 10
+    quiet = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", "-q", "-c", str(path), str(log)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (quiet.returncode, quiet.stderr) == (0, "")
