@@ -6,11 +6,11 @@ keeping every line where it was so cantools' own line numbers still point into t
 reports each rewrite as a `Leniency`. A strict load reports the same quirks as errors.
 
 Quirks handled (DBC text): frame ids over 11 bits without the extended flag (taken as extended),
-value tables (VAL_) for messages or signals that do not exist (ignored), comments (CM_) on
-messages, signals or nodes that do not exist (ignored), numbers written like `.25` (read as
-0.25), UTF-8 text where DBC files are cp1252 (read as UTF-8). In every format: overlapping
-signals or signals outside their message (loaded as written, cantools' own non-strict
-behaviour).
+value tables (VAL_) and signal types (SIG_VALTYPE_) for signals that do not exist (ignored),
+comments (CM_) on messages, signals or nodes that do not exist (ignored), numbers written like
+`.25` (read as 0.25), UTF-8 text where DBC files are cp1252 (read as UTF-8). In every format:
+overlapping signals or signals outside their message (loaded as written, cantools' own
+non-strict behaviour).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ _SIGNAL = re.compile(r"^[ \t]*SG_[ \t]+(\w+)[ \t]*(?:[mM]\d*M?[ \t]*)?:", re.MUL
 _NODES = re.compile(r"^[ \t]*BU_[ \t]*:([^\n]*)", re.MULTILINE)
 _VALUE_TABLE = re.compile(
     rf"^[ \t]*VAL_[ \t]+(\d+)[ \t]+(\w+)(?:\s+[-+]?\d+\s+{_STRING})*\s*;", re.MULTILINE
+)
+_VALUE_TYPE = re.compile(
+    r"^[ \t]*SIG_VALTYPE_[ \t]+(\d+)[ \t]+(\w+)[ \t]*:?[ \t]*\d+[ \t]*;", re.MULTILINE
 )
 _COMMENT = re.compile(
     rf"^[ \t]*CM_[ \t]+(BO_|SG_|BU_)[ \t]+(\w+)(?:[ \t]+(\w+))?\s+{_STRING}\s*;", re.MULTILINE
@@ -73,6 +76,7 @@ KINDS = {
         "taken as extended",
     ),
     "unknown_value_table": ("value tables (VAL_) for signals that do not exist", "ignored"),
+    "unknown_value_type": ("signal types (SIG_VALTYPE_) for signals that do not exist", "ignored"),
     "unknown_comment": ("comments (CM_) on objects that do not exist", "ignored"),
     "encoding": ("files that are UTF-8 rather than cp1252", "read as UTF-8"),
     "bare_point_number": ("numbers written without a digit before the point", "read as 0.x"),
@@ -327,7 +331,25 @@ def _drop_unknown(text: str, scan: _Scan, quirks: list[Leniency]) -> str:
         )
         return blank(found)
 
+    def value_type(found: re.Match[str]) -> str:
+        frame_id, signal = int(found.group(1)), found.group(2)
+        message = scan.messages.get(frame_id)
+        if message is not None and signal in message[2]:
+            return found.group(0)
+        where = message[0] if message is not None else f"frame id {frame_id} (no such message)"
+        quirks.append(
+            Leniency(
+                "unknown_value_type",
+                line_at(found.start()),
+                signal,
+                f"signal type (SIG_VALTYPE_) for signal {signal} of {where}",
+                "ignored",
+            )
+        )
+        return blank(found)
+
     text = _VALUE_TABLE.sub(value_table, text)
+    text = _VALUE_TYPE.sub(value_type, text)
     return _COMMENT.sub(comment, text)
 
 

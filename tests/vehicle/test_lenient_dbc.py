@@ -43,6 +43,7 @@ EXPECTED: dict[str, list[tuple[str, int, str]]] = {
         ("bare_point_number", 13, ".1"),
         ("unknown_comment", 18, "Obsolete"),
         ("unknown_value_table", 21, "LimpHome"),
+        ("unknown_value_type", 23, "Phantom"),
     ],
     "charger.kcd": [("overlap", 25, "ChargerTemps")],
     "utf8_comments.dbc": [("encoding", 12, "utf8_comments.dbc")],
@@ -176,6 +177,10 @@ def test_lenient_config_loads_with_one_warning_line_per_kind_and_file(
                 "line 21: value table (VAL_) for signal LimpHome of message VcuState; ignored",
             ),
             warning(
+                "mixed_multiplexed.dbc",
+                "line 23: signal type (SIG_VALTYPE_) for signal Phantom of VcuState; ignored",
+            ),
+            warning(
                 "utf8_comments.dbc",
                 "line 12: byte 0x81 is not cp1252 text (DBC's encoding); read as UTF-8",
             ),
@@ -253,6 +258,11 @@ def test_strict_default_refuses_each_quirk_with_one_clear_line(
                 "(set strict: false to load it: ignored)",
             ),
             error(
+                "mixed_multiplexed.dbc",
+                "line 23: signal type (SIG_VALTYPE_) for signal Phantom of VcuState "
+                "(set strict: false to load it: ignored)",
+            ),
+            error(
                 "utf8_comments.dbc",
                 "line 12: byte 0x81 is not cp1252 text (DBC's encoding) "
                 "(set strict: false to load it: read as UTF-8)",
@@ -310,7 +320,7 @@ def test_check_config_prints_warnings_and_ok(write_config: Callable[[str], Path]
     )
     assert (done.returncode, done.stdout) == (0, "OK\n")
     lines = done.stderr.splitlines()
-    assert len(lines) == 10
+    assert len(lines) == 11
     assert all(f"{path}:" in line and ": warning: " in line for line in lines), lines
 
 
@@ -341,7 +351,7 @@ def test_replay_decodes_a_lenient_file_and_shows_its_warnings(
     assert done.returncode == 0, done.stderr
     assert done.stdout == '{"ts": 5.0, "path": "Vehicle.Speed", "value": 25.0}\n'
     warnings = [line for line in done.stderr.splitlines() if ": warning: " in line]
-    assert len(warnings) == 10
+    assert len(warnings) == 11
     quiet = subprocess.run(
         [sys.executable, "-m", "agent", "replay", "-q", "-c", str(path), str(log)],
         capture_output=True,
