@@ -13,11 +13,14 @@ from pathlib import Path
 
 import can
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import config
 from agent.errors import ConfigError, Problem
 from agent.vehicle import dbc, dbc_files
 from agent.vehicle.dbc import frame_key
+from tests.support.configs import DBC_DIR
 
 QUIRKS = Path(__file__).resolve().parent / "quirks"
 
@@ -359,3 +362,35 @@ def test_replay_decodes_a_lenient_file_and_shows_its_warnings(
         check=False,
     )
     assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("name", ["ev_powertrain.dbc", "ev_body.dbc"])
+def test_clean_files_pass_through_untouched(name: str) -> None:
+    text = (DBC_DIR / name).read_text(encoding="cp1252")
+    assert dbc_files.normalise_dbc(text) == (text, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "BO_ 419361024 ET1: 8 EMS",
+                ' SG_ Temp : 0|8@1+ (.5,-.25) [0|1] "" X',
+                'CM_ SG_ 419361024 Gone "a ".5" comment\nover two lines";',
+                'VAL_ 419361024 Nope 0 "A" 1 "B" ;',
+                'VAL_ 419361024 Temp 0 "Cold" ;',
+                "SIG_VALTYPE_ 5 Ghost : 1;",
+                'CM_ BU_ Nobody "x";',
+                "",
+                "BO_ 5 Short: 1 X",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_normalising_keeps_every_line_where_it_was(lines: list[str]) -> None:
+    text = "\n".join(lines) + "\n"
+    fixed, quirks = dbc_files.normalise_dbc(text)
+    assert fixed.count("\n") == text.count("\n")
+    assert all(1 <= q.line <= text.count("\n") for q in quirks)
