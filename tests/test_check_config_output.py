@@ -177,3 +177,25 @@ def test_yaml_syntax_errors_in_plain_words(
     path = tmp_path / "car.yaml"
     path.write_text(text)
     assert _check(path) == (2, "", [f"{path}:{line}: (document): YAML syntax error: {message}"])
+
+
+def test_frame_ids_defined_twice_are_one_line_per_pair_of_files(tmp_path: Path) -> None:
+    (tmp_path / "a.dbc").write_text(_fd_dbc(8))
+    (tmp_path / "b.dbc").write_text(_fd_dbc(8).replace("FdMsg", "Copy"))
+    (tmp_path / "c.dbc").write_text(_fd_dbc(1).replace("FdMsg", "Once"))
+    path = tmp_path / "car.yaml"
+    path.write_text(
+        "vehicle_id: FLOOD\ncan:\n  buses:\n"
+        + _bus("pt", "a.dbc, b.dbc, c.dbc", fd=True)
+        + "signals:\n  - path: Vehicle.Speed\n    source: FdMsg000.Value000\n"
+    )
+    assert _check(path) == (
+        2,
+        "",
+        [
+            f"{path}:8: can.buses.0.dbc.1: 8 frame ids are already defined in a.dbc "
+            "(0x100 Copy000, 0x101 Copy001, 0x102 Copy002 and 5 more)",
+            f"{path}:8: can.buses.0.dbc.2: frame id 0x100 (Once000) is already defined "
+            "as FdMsg000 in a.dbc",
+        ],
+    )

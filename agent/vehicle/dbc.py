@@ -126,28 +126,29 @@ def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Probl
             )
             continue
         problems += _quirk_lines(loaded, where, path, quirks, strict=False)
-        clashes: dict[str, list[str]] = {}  # other file -> "0x100 (A as B)"
+        clashes: dict[str, list[tuple[Message, Message]]] = {}  # other file -> (new, first)
         fd_frames: list[str] = []
         for message in database.messages:
             key = frame_key(message.frame_id, message.is_extended_frame)
             if key in db.messages:
                 other = db.messages[key]
-                clashes.setdefault(origin[key], []).append(
-                    f"{message.frame_id:#x} ({message.name} as {other.name})"
-                )
+                clashes.setdefault(origin[key], []).append((message, other))
                 continue
             if message.is_fd and not bus.fd:
                 fd_frames.append(message.name)
             origin[key] = path.name
             db.add(message)
         # A problem repeated across many messages of one file is one line: count, first names.
-        for other_file, ids in clashes.items():
-            what = (
-                f"frame id {ids[0]} is"
-                if len(ids) == 1
-                else f"{len(ids)} frame ids ({_first_names(ids)}) are"
+        for other_file, pairs in clashes.items():
+            message, other = pairs[0]
+            text = (
+                f"frame id {message.frame_id:#x} ({message.name}) is already defined "
+                f"as {other.name} in {other_file}"
+                if len(pairs) == 1
+                else f"{len(pairs)} frame ids are already defined in {other_file} "
+                f"({_first_names([f'{m.frame_id:#x} {m.name}' for m, _ in pairs])})"
             )
-            problems.append(loaded.problem(where, f"{what} already defined in {other_file}"))
+            problems.append(loaded.problem(where, text))
         if fd_frames:
             what = (
                 f"{fd_frames[0]} in {path.name} is a CAN FD frame"
