@@ -24,12 +24,24 @@ BO_ 1792 RadarTrack: 8 R
 """
 
 
+# Real VSS paths (speeds, km/h like the test DBCs' signals), so that checks against the VSS
+# catalog add nothing to the exact output these tests expect.
+SPEEDS = [
+    "Vehicle.Speed",
+    *(
+        f"Vehicle.Chassis.Axle.Row{row}.Wheel.{side}.Speed"
+        for row in (1, 2)
+        for side in ("Left", "Right")
+    ),
+]
+
+
 def _fd_dbc(count: int) -> str:
     """A DBC with `count` CAN FD messages (VFrameFormat 14 = StandardCAN_FD)."""
     lines = ['VERSION ""', "", "NS_ :", "", "BS_:", "", "BU_: BMS", ""]
     for i in range(count):
         lines += [f"BO_ {0x100 + i} FdMsg{i:03d}: 64 BMS"]
-        lines += [f' SG_ Value{i:03d} : 0|16@1+ (1,0) [0|65535] "" Vector__XXX', ""]
+        lines += [f' SG_ Value{i:03d} : 0|16@1+ (1,0) [0|65535] "km/h" Vector__XXX', ""]
     formats = ",".join(['"StandardCAN"', '"ExtendedCAN"'] + ['"reserved"'] * 12)
     lines.append(f'BA_DEF_ BO_ "VFrameFormat" ENUM {formats},"StandardCAN_FD","ExtendedCAN_FD";')
     lines.append('BA_DEF_DEF_ "VFrameFormat" "StandardCAN";')
@@ -72,7 +84,8 @@ def test_many_fd_messages_on_a_classic_bus_are_one_line(tmp_path: Path) -> None:
 
 def test_a_dbc_that_fails_to_load_hides_the_no_such_signal_cascade(tmp_path: Path) -> None:
     signals = "".join(
-        f"  - path: Vehicle.Test.S{i}\n    source: Value{i:03d}\n    bus: pt\n" for i in range(20)
+        f"  - path: {path}\n    source: Value{i:03d}\n    bus: pt\n"
+        for i, path in enumerate(SPEEDS)
     )
     path = tmp_path / "car.yaml"
     path.write_text(
@@ -96,8 +109,8 @@ def test_a_cascade_is_hidden_only_for_the_failed_bus(tmp_path: Path) -> None:
         + _bus("pt", "nowhere.dbc")
         + _bus("radar", "radar.dbc")
         + "signals:\n"
-        + "  - path: Vehicle.Test.A\n    source: Value001\n    bus: pt\n"
-        + "  - path: Vehicle.Test.B\n    source: TrackRang\n    bus: radar\n"
+        + f"  - path: {SPEEDS[0]}\n    source: Value001\n    bus: pt\n"
+        + f"  - path: {SPEEDS[1]}\n    source: TrackRang\n    bus: radar\n"
     )
     assert _check(path) == (
         2,
@@ -118,7 +131,7 @@ def test_a_signal_on_the_wrong_bus_says_which_bus_has_it(tmp_path: Path) -> None
         "vehicle_id: FLOOD\ncan:\n  buses:\n"
         + _bus("pt", "pt.dbc", fd=True)
         + _bus("radar", "radar.dbc")
-        + "signals:\n  - path: Vehicle.Test.A\n    source: Value007\n    bus: radar\n"
+        + "signals:\n  - path: Vehicle.Speed\n    source: Value007\n    bus: radar\n"
     )
     assert _check(path) == (
         2,
