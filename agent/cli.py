@@ -37,7 +37,9 @@ def _load_vehicle(path: str) -> Vehicle:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _load_vehicle(args.config)
+    vehicle = _load_vehicle(args.config)
+    for warning in vehicle.warnings:
+        print(warning, file=sys.stderr)
     print("OK")
     return EXIT_OK
 
@@ -46,6 +48,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from agent.vehicle import replay
 
     vehicle = _load_vehicle(args.config)
+    if not args.quiet:
+        for warning in vehicle.warnings:
+            print(warning, file=sys.stderr)
     channel_map = replay.parse_channel_map(args.map_channel or [])
     out = replay.open_output(args.output)
     try:
@@ -68,11 +73,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
     from agent import logs, supervisor
 
     vehicle = _load_vehicle(args.config)
     settings = vehicle.loaded.settings
     logs.configure(settings.logging.level, settings.logging.format)
+    for warning in vehicle.warnings:
+        structlog.get_logger("agent.config").warning("config_warning", problem=str(warning))
     return supervisor.run(vehicle)
 
 
@@ -218,7 +227,41 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_until_signal(coro: Coroutine[Any, Any, None]) -> None:
+def cmd_play(args: argparse.Namespace) -> int:
+    from agent import logs
+    from agent.vehicle import player
+    from agent.vehicle.can_io import open_bus
+    from agent.vehicle.replay import parse_channel_map
+
+    vehicle = _load_vehicle(args.config)
+    settings = vehicle.loaded.settings
+    logs.configure(settings.logging.level, settings.logging.format, stream=sys.stderr)
+    channel_map = parse_channel_map(args.map_channel or [])
+    player.Router(vehicle, channel_map)  # a wrong --map-channel fails before any bus opens
+    stats = player.PlayStats()
+    buses = {}
+    try:
+        for name, bus_db in vehicle.buses.items():
+            buses[name] = open_bus(bus_db.settings)
+        _run_until_signal(
+            player.play(
+                vehicle,
+                Path(args.log),
+                buses,
+                speed=args.speed,
+                loop=args.loop,
+                channel_map=channel_map,
+                stats=stats,
+            )
+        )
+    finally:
+        for bus in buses.values():
+            bus.shutdown()
+    print(stats.line(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_until_signal(coro: Coroutine[Any, Any, object]) -> None:
     """Run a coroutine until it ends or SIGINT/SIGTERM arrives (then cancel it cleanly)."""
 
     async def main() -> None:
@@ -336,6 +379,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode frames of log channel CHANNEL with bus BUS (repeatable)",
     )
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+
+    sub = verb(
+        "play",
+        cmd_play,
+        "Play a recorded CAN log onto the configured buses with the log's own timing "
+        "(like canplayer), for benches: another process's `run` receives it.",
+    )
+    sub.add_argument("-c", "--config", required=True, metavar="FILE")
+    sub.add_argument("log", metavar="LOG")
+    sub.add_argument(
+        "--speed", type=_positive, default=1.0, metavar="X", help="X times the log's pace"
+    )
+    sub.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
+    sub.add_argument(
+        "--map-channel",
+        action="append",
+        metavar="LOGCH=BUS",
+        help="send frames of log channel LOGCH on bus BUS (repeatable)",
+    )
 
     sub = verb(
         "simulate",

@@ -83,6 +83,7 @@ class BusSettings(_Model):
     fd: bool = False
     bitrate: Annotated[int, Field(gt=0)] | None = None
     dbc: Annotated[list[ConfigPath], BeforeValidator(_one_or_many), Field(min_length=1)]
+    strict: bool = True  # false: load DBC quirks the way real tools do, each one a warning
 
 
 class CanSettings(_Model):

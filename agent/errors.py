@@ -11,17 +11,22 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
-    """One configuration problem, printed as `FILE:LINE: key.path: message`."""
+    """One configuration problem, printed as `FILE:LINE: key.path: message`.
+
+    A warning (`key.path: warning: message`) is reported but does not make the file invalid.
+    """
 
     file: str
     line: int
     key: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         # One problem, one line: library messages sometimes span several.
         message = " ".join(self.message.split())
-        return f"{self.file}:{self.line}: {self.key}: {message}"
+        marker = "warning: " if self.warning else ""
+        return f"{self.file}:{self.line}: {self.key}: {marker}{message}"
 
 
 class AgentError(Exception):

@@ -72,15 +72,40 @@ def load(text: str) -> tuple[Any, Positions, list[YamlIssue]]:
         _walk(node, (), positions, issues)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        problem = exc.problem or str(exc)
-        return None, positions, [YamlIssue(line, (), f"YAML syntax error: {problem}")]
+        line, message = plain_words(exc)
+        return None, positions, [YamlIssue(line, (), f"YAML syntax error: {message}")]
     except yaml.YAMLError as exc:
         return None, positions, [YamlIssue(_line_at(text, exc), (), f"YAML error: {exc}")]
     finally:
         loader.dispose()
     return data, positions, issues
+
+
+def plain_words(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
+    """PyYAML's parser-speak (`expected <block end>, but found '?'`) as a line and plain words."""
+    problem = exc.problem or str(exc)
+    at = exc.problem_mark.line + 1 if exc.problem_mark is not None else 1
+    opened = exc.context_mark.line + 1 if exc.context_mark is not None else at
+    if problem.startswith("expected <block end>"):
+        return at, (
+            "this line is indented differently from the lines above it "
+            "(keys of one mapping, and the dashes of one list, start in the same column)"
+        )
+    if problem == "mapping values are not allowed here":
+        return at, (
+            "unexpected ':' here: this line may be indented deeper than the key above it, "
+            "or a value containing ': ' needs quotes"
+        )
+    if "'\\t'" in problem or "\t" in problem:
+        return at, "a tab character: YAML indents with spaces only"
+    if problem.startswith(("expected ',' or ']'", "expected ',' or '}'")):
+        bracket = "[" if "]" in problem else "{"
+        return opened, f"the '{bracket}' opened on this line is not closed"
+    if "quoted scalar" in (exc.context or "") and "end of stream" in problem:
+        return opened, "the quote opened on this line is not closed"
+    if problem.startswith("found undefined alias"):
+        return at, f"{problem} (a '*' starts an alias; quote a value that begins with '*')"
+    return at, problem
 
 
 def _walk(node: yaml.Node, path: KeyPath, positions: Positions, issues: list[YamlIssue]) -> None:

@@ -176,7 +176,10 @@ def test_unparsable_dbc_file(write_config: Callable[[str], Path], tmp_path: Path
     problems = problems_of(write_config(text))
     first = problems[0]
     assert (first.key, first.line) == ("can.buses.1.dbc.0", line_of(text, "broken.dbc"))
-    assert "cannot parse DBC file" in first.message
+    assert first.message == (
+        f"cannot load DBC file {broken}: line 3: invalid syntax at column 25 (marked >>!<<): "
+        'SG_ Half : 0|8@1+ (1,0 >>!<<[0|1] "" X'
+    )
 
 
 def test_dbc_signal_that_does_not_exist(write_config: Callable[[str], Path]) -> None:

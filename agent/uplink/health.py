@@ -63,6 +63,7 @@ class Health:
                 reopens=receiver.stats.reopens,
                 outages=receiver.stats.outages,
                 down_s=round(receiver.stats.down_s, 2),
+                silent=receiver.silent,  # nothing received since start (10 s and more)
             )
             buses[receiver.name] = stats
         uplink = self._uplink()

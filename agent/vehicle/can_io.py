@@ -4,6 +4,8 @@ Buses with a file descriptor (SocketCAN) are read by the event loop itself (`add
 buses without one (python-can's `virtual`) go through python-can's Notifier, whose single
 reader thread hands frames to the loop. Either way there is no task and no thread per frame.
 A bus that fails (interface down, bus error) is closed and reopened with capped backoff.
+A bus that has received nothing 10 s after start is logged once and flagged `silent` (a wrong
+channel, or a bench interface such as `virtual` that only reaches its own process).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from agent.config import BusSettings
 from agent.errors import AgentError
 
 log = structlog.get_logger("agent.can")
+
+SILENT_AFTER_S = 10.0
 
 
 def open_bus(settings: BusSettings, **extra: Any) -> can.BusABC:
@@ -86,6 +90,7 @@ class CanReceiver:
         *,
         filters: list[dict[str, Any]] | None = None,
         reopen_max_s: float = 1.0,
+        silent_after_s: float = SILENT_AFTER_S,
     ) -> None:
         self.settings = settings
         self._on_frame = on_frame
@@ -99,14 +104,27 @@ class CanReceiver:
         self._failure = asyncio.Event()
         self._stopped = False
         self._down_since: float | None = None
+        self._silent_after_s = silent_after_s
+        self._entered_at: float | None = None
+        self._told_silent = False
         self.stats = ReceiverStats()
 
     @property
     def name(self) -> str:
         return self.settings.name
 
+    @property
+    def silent(self) -> bool:
+        """Nothing received at all since start, for `silent_after_s` or longer."""
+        return (
+            self.stats.frames == 0
+            and self._entered_at is not None
+            and time.monotonic() - self._entered_at >= self._silent_after_s
+        )
+
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
+        self._entered_at = time.monotonic()
         try:
             self._start(open_bus(self.settings, **self._open_args))
         except AgentError as exc:
@@ -165,6 +183,8 @@ class CanReceiver:
             raise AgentError(str(exc)) from exc
 
     def deliver(self, msg: can.Message) -> None:
+        if self._told_silent and self.stats.frames == 0:
+            log.info("can_bus_receiving", bus=self.name, first_frame_after_s=self._since_start())
         self.stats.frames += 1
         if self._down_since is not None:
             # A reopened socket may sit on a still-down interface: the outage ends with the
@@ -207,8 +227,32 @@ class CanReceiver:
                 log.warning("can_bus_shutdown_failed", bus=self.name, error=str(exc))
             self._bus = None
 
+    def _since_start(self) -> float:
+        return round(time.monotonic() - (self._entered_at or time.monotonic()), 1)
+
+    async def _watch_silence(self) -> None:
+        await asyncio.sleep(self._silent_after_s)
+        if self.stats.frames == 0 and not self._stopped:
+            self._told_silent = True
+            log.warning(
+                "can_bus_silent",
+                bus=self.name,
+                interface=self.settings.interface,
+                channel=self.settings.channel,
+                after_s=self._since_start(),
+                hint="nothing received since start: check the channel; python-can's "
+                "'virtual' interface only reaches buses of the same process",
+            )
+
     async def run(self) -> None:
-        """Reopen the bus with capped, jittered backoff whenever it fails."""
+        """Reopen the bus with capped, jittered backoff whenever it fails; tell a silent bus."""
+        watch = asyncio.ensure_future(self._watch_silence())
+        try:
+            await self._reopen_forever()
+        finally:
+            watch.cancel()
+
+    async def _reopen_forever(self) -> None:
         while not self._stopped:
             await self._failure.wait()
             down_since = time.monotonic()

@@ -7,14 +7,15 @@ OEM engineer at the exact key that does not fit the car's DBC files.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import cantools
-from cantools.database.can import Database, Message, Signal
+from cantools.database.can import Message, Signal
 
 from agent.config import BusSettings, Loaded, SignalSettings
 from agent.errors import ConfigError, Problem
+from agent.vehicle import dbc_files
 
 EXTENDED_FLAG = 0x8000_0000  # the DBC convention: bit 31 marks a 29-bit identifier
 
@@ -33,6 +34,7 @@ class BusDb:
     messages: dict[int, Message] = field(default_factory=dict)  # by frame_key
     by_name: dict[str, Message] = field(default_factory=dict)
     signals: dict[str, list[tuple[Message, Signal]]] = field(default_factory=dict)
+    incomplete: bool = False  # a file failed to load: its "no such signal" follow-ons are moot
 
     @property
     def name(self) -> str:
@@ -67,18 +69,15 @@ class Vehicle:
     loaded: Loaded
     buses: dict[str, BusDb]
     mapped: tuple[MappedSignal, ...]
-
-
-def load_database(path: str) -> Database:
-    """Load one DBC (or any CAN database cantools reads), strictly."""
-    db = cantools.database.load_file(path, strict=True)
-    if not isinstance(db, Database):
-        raise ValueError("not a CAN database (diagnostics databases are not supported)")
-    return db
+    warnings: tuple[Problem, ...] = ()  # leniencies taken: reported, never fatal
 
 
 def load_vehicle(loaded: Loaded) -> Vehicle:
-    """Load every bus's DBC files and resolve the mappings; ConfigError lists every problem."""
+    """Load every bus's DBC files and resolve the mappings; ConfigError lists every problem.
+
+    Warnings ride along: in `Vehicle.warnings` when the file is valid, in the ConfigError
+    beside the errors when it is not.
+    """
     problems: list[Problem] = []
     buses = {
         bus.name: _load_bus(loaded, index, bus, problems)
@@ -90,9 +89,9 @@ def load_vehicle(loaded: Loaded) -> Vehicle:
         if found is not None:
             mapped.append(found)
             problems += _check_transform(loaded, found)
-    if problems:
+    if any(not p.warning for p in problems):
         raise ConfigError(problems)
-    return Vehicle(loaded=loaded, buses=buses, mapped=tuple(mapped))
+    return Vehicle(loaded=loaded, buses=buses, mapped=tuple(mapped), warnings=tuple(problems))
 
 
 def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Problem]) -> BusDb:
@@ -101,39 +100,104 @@ def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Probl
     for file_index, path in enumerate(bus.dbc):
         where = ("can", "buses", index, "dbc", file_index)
         try:
-            database = load_database(str(path))
+            database, quirks = dbc_files.load(path, strict=bus.strict)
         except FileNotFoundError:
+            db.incomplete = True
             problems.append(loaded.problem(where, f"DBC file not found: {path}"))
             continue
         except OSError as exc:
+            db.incomplete = True
             problems.append(loaded.problem(where, f"cannot read DBC file {path}: {exc.strerror}"))
             continue
-        except Exception as exc:  # cantools/textparser raise many types; all mean "bad file"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            problems.append(loaded.problem(where, f"cannot parse DBC file {path}: {reason}"))
+        except dbc_files.StrictRefusal as exc:
+            db.incomplete = True
+            problems += _quirk_lines(loaded, where, path, exc.quirks, strict=True)
             continue
+        except dbc_files.DatabaseLoadError as exc:
+            db.incomplete = True
+            at = f": line {exc.line}" if exc.line else ""
+            hint = (
+                " (strict: false loads it with a warning)"
+                if bus.strict and ("overlapping" in exc.reason or "does not fit" in exc.reason)
+                else ""
+            )
+            problems.append(
+                loaded.problem(where, f"cannot load DBC file {path}{at}: {exc.reason}{hint}")
+            )
+            continue
+        problems += _quirk_lines(loaded, where, path, quirks, strict=False)
+        clashes: dict[str, list[tuple[Message, Message]]] = {}  # other file -> (new, first)
+        fd_frames: list[str] = []
         for message in database.messages:
             key = frame_key(message.frame_id, message.is_extended_frame)
             if key in db.messages:
                 other = db.messages[key]
-                problems.append(
-                    loaded.problem(
-                        where,
-                        f"frame id {message.frame_id:#x} ({message.name}) is already defined "
-                        f"as {other.name} in {origin[key]}",
-                    )
-                )
+                clashes.setdefault(origin[key], []).append((message, other))
                 continue
             if message.is_fd and not bus.fd:
-                problems.append(
-                    loaded.problem(
-                        ("can", "buses", index, "fd"),
-                        f"{message.name} in {path.name} is a CAN FD frame; set fd: true",
-                    )
-                )
+                fd_frames.append(message.name)
             origin[key] = path.name
             db.add(message)
+        # A problem repeated across many messages of one file is one line: count, first names.
+        for other_file, pairs in clashes.items():
+            message, other = pairs[0]
+            text = (
+                f"frame id {message.frame_id:#x} ({message.name}) is already defined "
+                f"as {other.name} in {other_file}"
+                if len(pairs) == 1
+                else f"{len(pairs)} frame ids are already defined in {other_file} "
+                f"({_first_names([f'{m.frame_id:#x} {m.name}' for m, _ in pairs])})"
+            )
+            problems.append(loaded.problem(where, text))
+        if fd_frames:
+            what = (
+                f"{fd_frames[0]} in {path.name} is a CAN FD frame"
+                if len(fd_frames) == 1
+                else f"{len(fd_frames)} messages in {path.name} are CAN FD frames "
+                f"({_first_names(fd_frames)})"
+            )
+            problems.append(loaded.problem(("can", "buses", index, "fd"), f"{what}; set fd: true"))
     return db
+
+
+def _quirk_lines(
+    loaded: Loaded,
+    where: tuple[str | int, ...],
+    path: Path,
+    quirks: list[dbc_files.Leniency],
+    *,
+    strict: bool,
+) -> list[Problem]:
+    """One line per kind of quirk in a file: warnings when lenient, errors when strict."""
+    lines = []
+    for kind, group in _grouped(quirks):
+        first = group[0]
+        if len(group) == 1:
+            text = (
+                f"{first.quirk} (set strict: false to load it: {first.action})"
+                if strict
+                else first.message
+            )
+        else:
+            what, action = dbc_files.KINDS[kind]
+            text = f"{len(group)} {what} ({_first_names([q.name for q in group])})"
+            text += f"; set strict: false to load them ({action})" if strict else f"; {action}"
+        problem = loaded.problem(where, f"{path.name} line {first.line}: {text}")
+        lines.append(problem if strict else replace(problem, warning=True))
+    return lines
+
+
+def _grouped(quirks: list[dbc_files.Leniency]) -> list[tuple[str, list[dbc_files.Leniency]]]:
+    groups: dict[str, list[dbc_files.Leniency]] = {}
+    for quirk in quirks:
+        groups.setdefault(quirk.kind, []).append(quirk)
+    return list(groups.items())
+
+
+def _first_names(names: list[str], shown: int = 3) -> str:
+    """`A, B, C and 328 more`: a repeated problem names its first few cases only."""
+    head = ", ".join(names[:shown])
+    return f"{head} and {len(names) - shown} more" if len(names) > shown else head
 
 
 def _resolve(
@@ -162,6 +226,26 @@ def _resolve(
         bus, message, signal = hits[0]
         return MappedSignal(index=index, settings=sig, bus=bus.name, message=message, signal=signal)
     scope = f"bus {sig.bus!r}" if sig.bus else "any bus"
+    if not hits and any(bus.incomplete for bus in candidates):
+        return None  # the DBC that failed to load is already reported; no cascade
+    if not hits and sig.bus is not None:
+        elsewhere = sorted(
+            {
+                bus.name
+                for bus in buses.values()
+                for message, _ in bus.signals.get(signal_name, ())
+                if not message_name or message.name == message_name
+            }
+        )
+        if elsewhere:
+            on = " and ".join(repr(name) for name in elsewhere)
+            problems.append(
+                loaded.problem(
+                    (*where, "bus"),
+                    f"{sig.source!r} is on bus {on}, not {sig.bus!r}",
+                )
+            )
+            return None
     if not hits:
         known = sorted({name for bus in candidates for name in bus.signals})
         if message_name:
