@@ -99,9 +99,11 @@ class GridRunner:
         self._clock = clock
         self.signal: GridSignal | None = None
         self.in_force: _InForce | None = None
-        # The cap the car last accepted, and the one last refused (for one log line each).
-        # Nothing sent yet: the first tick lifts any cap a crashed run may have left.
-        self._sent: float | object | None = _NOTHING
+        # The cap the car last accepted (None: no cap), and the one last refused (for one log
+        # line each). A stored signal makes it unknown (`load`), so that the first tick after a
+        # restart asks again for what is in force, or lifts a cap whose window ended meanwhile;
+        # without one the agent never touches the charger's power (a hand-set cap stays).
+        self._sent: float | object | None = None
         self._failed: float | object | None = _NOTHING
 
     # --- commands (synchronous, from the executor) -------------------------------------
@@ -156,6 +158,8 @@ class GridRunner:
             self.signal = GridSignal.model_validate(json.loads(saved))
         except (ValueError, ValidationError) as exc:
             log.error("grid_signal_not_loaded", error=str(exc).splitlines()[0])
+            return
+        self._sent = _NOTHING
 
     async def run(self) -> None:
         """Every second: expiry, and the limit in force carried out (call `load` first)."""

@@ -74,17 +74,17 @@ async def test_a_limit_is_sent_at_its_start_and_lifted_at_its_end(store: Command
     rig = Rig(store)
     assert rig.grid.accept(_signal(0.0)) == ("succeeded", None)
     assert rig.changes == 1
-    await rig.tick_at(0)  # nothing in force: any stale cap from a crashed run is lifted
+    await rig.tick_at(0)  # nothing in force, nothing sent: the charger's power is left alone
     await rig.tick_at(5)
-    assert (rig.caps, rig.events) == ([None], [])
+    assert (rig.caps, rig.events) == ([], [])
     await rig.tick_at(10)
     await rig.tick_at(25)
-    assert rig.caps == [None, 0.0]
+    assert rig.caps == [0.0]
     assert rig.events == [("limit_started", {"start": at(10), "end": at(40), "max_power_kw": 0.0})]
     assert rig.grid.state()["limit"] == {"start": at(10), "end": at(40), "max_power_kw": 0.0}
     await rig.tick_at(40)
     await rig.tick_at(41)
-    assert rig.caps == [None, 0.0, None]
+    assert rig.caps == [0.0, None]
     assert rig.names() == ["limit_started", "limit_ended"]
     assert rig.grid.state()["limit"] is None
 
@@ -100,6 +100,11 @@ async def test_the_limit_survives_a_restart_inside_its_window(store: CommandStor
     assert second.caps == [3.7] and second.names() == ["limit_started"]
     await second.tick_at(40)
     assert second.caps == [3.7, None] and second.names() == ["limit_started", "limit_ended"]
+    third = Rig(store)  # restarted after the window: the cap left on the car is lifted once
+    third.grid.load()
+    await third.tick_at(50)
+    await third.tick_at(51)
+    assert third.caps == [None] and third.names() == []
 
 
 async def test_a_refused_request_is_retried_every_tick_until_the_car_takes_it(
