@@ -147,6 +147,9 @@ class TelemetrySettings(_Model):
     batch_max_samples: Annotated[int, Field(ge=1, le=100_000)] = 500
     state_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10
     health_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60
+    # Telemetry's bytes on the wire (uplink/encoding.py); the MQTT 5 content type says which.
+    encoding: Literal["json", "cbor"] = "json"
+    compression: Literal["none", "zstd"] = "none"
 
 
 class TlsSettings(_Model):

@@ -30,7 +30,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent import __version__
 from agent.aio import wait_event
 from agent.config import MqttSettings, Settings
-from agent.uplink.outbox import Outbox
+from agent.uplink.encoding import content_type
+from agent.uplink.outbox import Outbox, Record
 
 log = structlog.get_logger("agent.uplink")
 
@@ -417,7 +418,7 @@ class Uplink:
                                 record.id,
                                 self._destination(record.topic),
                                 record.payload,
-                                self._properties(record.correlation),
+                                self._properties(record),
                             )
                         )
                         tasks.add(task)
@@ -441,11 +442,20 @@ class Uplink:
         request's response topic)."""
         return topic[1:] if topic.startswith("@") else self.topic(topic)
 
-    def _properties(self, correlation: bytes | None) -> Properties | None:
-        if correlation is None or not self.v5:
+    def _properties(self, record: Record) -> Properties | None:
+        """MQTT 5: a response's correlation data; telemetry's content type when it is not plain
+        JSON (CBOR, zstd), read from the payload so that older records are labelled as they
+        are. Plain JSON goes without one: no bytes spent on saying the default."""
+        kind = None
+        if record.kind == "telemetry" and record.payload[:1] != b"{":
+            kind = content_type(record.payload)
+        if not self.v5 or (record.correlation is None and kind is None):
             return None
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.CorrelationData = correlation
+        if record.correlation is not None:
+            props.CorrelationData = record.correlation
+        if kind is not None:
+            props.ContentType = kind
         return props
 
     @staticmethod

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.config import TelemetrySettings
+from agent.uplink.encoding import TelemetryEncoder
 from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
 from agent.vehicle.decode import Decoder
 from agent.vehicle.model import FrameLike, Sample
@@ -34,13 +35,17 @@ class PipelineStats:
     frames_after_stop: int = 0
 
 
-def telemetry_payload(vehicle_id: str, seq: int, samples: list[Sample]) -> bytes:
+def telemetry_payload(
+    vehicle_id: str, seq: int, samples: list[Sample], encoder: TelemetryEncoder | None = None
+) -> bytes:
     body = {
         "v": 1,
         "vehicle_id": vehicle_id,
         "seq": seq,
         "samples": [{"path": s.path, "ts": s.ts, "value": s.value} for s in samples],
     }
+    if encoder is not None:
+        return encoder.encode(body)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -61,6 +66,7 @@ class Pipeline:
         self._outbox = outbox
         self._settings = settings
         self._on_stored = on_stored
+        self._encoder = TelemetryEncoder(settings.encoding, settings.compression)
         self._batch: list[Sample] = []
         self._scratch: list[Sample] = []
         self._accepting = True
@@ -132,7 +138,7 @@ class Pipeline:
         return written
 
     def _payload_of(self, chunk: list[Sample]) -> Callable[[int], bytes]:
-        return lambda seq: telemetry_payload(self._vehicle_id, seq, chunk)
+        return lambda seq: telemetry_payload(self._vehicle_id, seq, chunk, self._encoder)
 
     async def run(self) -> None:
         """Flush every `batch_interval_ms` (measured from the last flush)."""
