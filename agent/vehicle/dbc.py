@@ -86,6 +86,8 @@ def load_vehicle(loaded: Loaded) -> Vehicle:
     }
     mapped: list[MappedSignal] = []
     for index, sig in enumerate(loaded.settings.signals):
+        if sig.source is None:
+            continue  # a `compute` path: derived from other paths, no DBC signal
         found = _resolve(loaded, index, sig, buses, problems)
         if found is not None:
             mapped.append(found)
@@ -152,7 +154,8 @@ def _resolve(
         )
         return None
     candidates = [buses[sig.bus]] if sig.bus is not None else list(buses.values())
-    message_name, _, signal_name = sig.source.rpartition(".")
+    source = sig.source or ""
+    message_name, _, signal_name = source.rpartition(".")
     hits: list[tuple[BusDb, Message, Signal]] = []
     for bus in candidates:
         for message, signal in bus.signals.get(signal_name, ()):
@@ -171,7 +174,7 @@ def _resolve(
                 for m in bus.by_name.values()
                 for s in m.signals
             )
-        hint = difflib.get_close_matches(sig.source, known, n=1)
+        hint = difflib.get_close_matches(source, known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         problems.append(
             loaded.problem(
