@@ -35,7 +35,9 @@ def _load_vehicle(path: str) -> Vehicle:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _load_vehicle(args.config)
+    vehicle = _load_vehicle(args.config)
+    for warning in vehicle.warnings:
+        print(warning, file=sys.stderr)
     print("OK")
     return EXIT_OK
 

@@ -415,8 +415,9 @@ class Loaded:
     base_dir: Path
     positions: yamlpos.Positions
 
-    def problem(self, path: Sequence[str | int], message: str) -> Problem:
-        return Problem(self.file, self.positions.line_of(tuple(path)), _dotted(path), message)
+    def problem(self, path: Sequence[str | int], message: str, *, warning: bool = False) -> Problem:
+        line = self.positions.line_of(tuple(path))
+        return Problem(self.file, line, _dotted(path), message, warning)
 
 
 def _dotted(path: Sequence[str | int]) -> str:

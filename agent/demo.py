@@ -44,7 +44,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Climate (A/C)", "Vehicle.Cabin.HVAC.IsAirConditioningActive", "onoff"),
     (
         "Cable connected",
-        "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected",
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected",
         "yesno",
     ),
     ("Charging", "Vehicle.Powertrain.TractionBattery.Charging.IsCharging", "yesno"),
@@ -53,7 +53,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Tyre rear left", "Vehicle.Chassis.Axle.Row2.Wheel.Left.Tire.Pressure", "{:.0f} kPa"),
     ("Tyre rear right", "Vehicle.Chassis.Axle.Row2.Wheel.Right.Tire.Pressure", "{:.0f} kPa"),
     ("Service in", "Vehicle.Service.DistanceToService", "{:.0f} km"),
-    ("Odometer", "Vehicle.TraveledDistance", "{:.1f} km"),
+    ("Odometer", "Vehicle.TraveledDistance", "km"),  # VSS metres, shown in km
 ]
 
 # A hot afternoon: parked with a warm cabin (the console pre-conditions it with a signed

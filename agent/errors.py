@@ -11,17 +11,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
-    """One configuration problem, printed as `FILE:LINE: key.path: message`."""
+    """One configuration problem, printed as `FILE:LINE: key.path: message`; a warning (a
+    leniency taken, a unit mismatch) as `FILE:LINE: key.path: warning: message`. Warnings
+    never make a configuration unusable."""
 
     file: str
     line: int
     key: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         # One problem, one line: library messages sometimes span several.
         message = " ".join(self.message.split())
-        return f"{self.file}:{self.line}: {self.key}: {message}"
+        label = "warning: " if self.warning else ""
+        return f"{self.file}:{self.line}: {self.key}: {label}{message}"
 
 
 class AgentError(Exception):

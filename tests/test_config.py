@@ -39,7 +39,7 @@ signals:
   - path: Vehicle.Powertrain.TractionBattery.Charging.IsCharging
     source: OBC_ChargeState
     transform:
-      map: {{IDLE: false, CHARGING: true}}
+      map: {{IDLE: false, CHARGING: true, COMPLETE: false, FAULT: null, WAITING: false}}
 """
 
 
@@ -87,7 +87,7 @@ def test_shipped_configs_are_ok_and_map_every_interface_path(name: str) -> None:
         "Vehicle.Powertrain.TractionBattery.Temperature.Average",
         "Vehicle.Powertrain.TractionBattery.Range",
         "Vehicle.Powertrain.TractionBattery.Charging.IsCharging",
-        "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected",
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected",
         "Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit",
         "Vehicle.Cabin.HVAC.IsAirConditioningActive",
         "Vehicle.Cabin.HVAC.AmbientAirTemperature",
@@ -225,7 +225,7 @@ def test_ambiguity_resolved_by_bus_or_message(
         "  - path: Vehicle.Powertrain.TractionBattery.StateOfCharge.Current\n"
         "    source: BMS_SOC\n"
         "    bus: powertrain\n"
-        "  - path: Vehicle.Cabin.Extra\n"
+        "  - path: Vehicle.Cabin.HVAC.AmbientAirTemperature\n"
         "    source: ExtraB.Temp\n"
     )
     vehicle = dbc.load_vehicle(config.load(write_config(text)))
@@ -234,13 +234,13 @@ def test_ambiguity_resolved_by_bus_or_message(
         "powertrain",
         "BMS_Status",
     )
-    assert found["Vehicle.Cabin.Extra"] == ("body", "ExtraB")
+    assert found["Vehicle.Cabin.HVAC.AmbientAirTemperature"] == ("body", "ExtraB")
 
 
 def test_ambiguous_across_messages(write_config: Callable[[str], Path], tmp_path: Path) -> None:
     extra = _ambiguous_dbc(tmp_path)
     text = BASE.replace(f"dbc: [{BODY}]", f"dbc: [{BODY}, {extra}]") + (
-        "  - path: Vehicle.Cabin.Extra\n    source: Temp\n    bus: body\n"
+        "  - path: Vehicle.Cabin.HVAC.AmbientAirTemperature\n    source: Temp\n    bus: body\n"
     )
     problem = only(problems_of(write_config(text)))
     assert (problem.key, problem.line) == ("signals.2.source", line_of(text, "source: Temp"))
@@ -248,7 +248,7 @@ def test_ambiguous_across_messages(write_config: Callable[[str], Path], tmp_path
 
 
 def test_map_key_that_is_not_a_choice(write_config: Callable[[str], Path]) -> None:
-    text = BASE.replace("CHARGING: true}", "CHARGIN: true}")
+    text = BASE.replace("CHARGING: true,", "CHARGIN: true,")
     problem = only(problems_of(write_config(text)))
     assert problem.key == "signals.1.transform.map.CHARGIN"
     assert problem.line == line_of(text, "CHARGIN")
@@ -256,9 +256,7 @@ def test_map_key_that_is_not_a_choice(write_config: Callable[[str], Path]) -> No
 
 
 def test_map_number_outside_raw_range(write_config: Callable[[str], Path]) -> None:
-    text = BASE.replace(
-        "map: {IDLE: false, CHARGING: true}", "map:\n        IDLE: false\n        9: true"
-    )
+    text = BASE.replace("map: {IDLE: false, CHARGING: true,", "map: {IDLE: false, 9: true,")
     problem = only(problems_of(write_config(text)))
     assert (problem.key, problem.line) == ("signals.1.transform.map.9", line_of(text, "9: true"))
     assert "0..7" in problem.message
@@ -293,7 +291,7 @@ def test_yaml_11_words_stay_strings_as_map_keys(write_config: Callable[[str], Pa
 
 def test_two_transforms_at_once(write_config: Callable[[str], Path]) -> None:
     text = BASE.replace(
-        "      map: {IDLE: false, CHARGING: true}",
+        "      map: {IDLE: false, CHARGING: true, COMPLETE: false, FAULT: null, WAITING: false}",
         "      map: {IDLE: false}\n      linear: {scale: 2}",
     )
     problem = only(problems_of(write_config(text)))
@@ -413,7 +411,7 @@ def test_cli_prints_ok(tmp_path: Path) -> None:
 
 def test_cli_prints_one_line_per_problem_and_exits_2(write_config: Callable[[str], Path]) -> None:
     text = BASE.replace("source: VCU_VehicleSpeed", "source: Nope").replace(
-        "CHARGING: true}", "CHARGIN: true}"
+        "CHARGING: true,", "CHARGIN: true,"
     )
     path = write_config(text)
     result = subprocess.run(

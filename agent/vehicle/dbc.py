@@ -7,14 +7,18 @@ OEM engineer at the exact key that does not fit the car's DBC files.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cantools
 from cantools.database.can import Database, Message, Signal
 
 from agent.config import BusSettings, Loaded, SignalSettings
 from agent.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from agent.vehicle.vsscheck import PathType
 
 EXTENDED_FLAG = 0x8000_0000  # the DBC convention: bit 31 marks a 29-bit identifier
 
@@ -67,6 +71,8 @@ class Vehicle:
     loaded: Loaded
     buses: dict[str, BusDb]
     mapped: tuple[MappedSignal, ...]
+    types: Mapping[str, PathType] = field(default_factory=dict)  # per path, from the catalog
+    warnings: tuple[Problem, ...] = ()  # check-config prints these; they never refuse
 
 
 def load_database(path: str) -> Database:
@@ -92,9 +98,19 @@ def load_vehicle(loaded: Loaded) -> Vehicle:
         if found is not None:
             mapped.append(found)
             problems += _check_transform(loaded, found)
+    from agent.vehicle import vsscheck  # it builds on this module's MappedSignal
+
+    checked = vsscheck.check(loaded, mapped)
+    problems += checked.problems
     if problems:
-        raise ConfigError(problems)
-    return Vehicle(loaded=loaded, buses=buses, mapped=tuple(mapped))
+        raise ConfigError(problems + checked.warnings)
+    return Vehicle(
+        loaded=loaded,
+        buses=buses,
+        mapped=tuple(mapped),
+        types=checked.types,
+        warnings=tuple(sorted(checked.warnings)),
+    )
 
 
 def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Problem]) -> BusDb:

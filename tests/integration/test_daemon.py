@@ -56,7 +56,12 @@ def test_telemetry_matches_the_simulator_state(
     assert soc == pytest.approx(55.5, abs=0.15)
     assert values["Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit"] == 85
     assert values["Vehicle.Powertrain.TractionBattery.Charging.IsCharging"] is False
-    assert values["Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"] is False
+    assert (
+        values[
+            "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected"
+        ]
+        is False
+    )
     assert values["Vehicle.Speed"] == 0
     assert values["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is True
     assert values["Vehicle.Powertrain.Transmission.SelectedGear"] == 126
