@@ -36,6 +36,7 @@ from agent.uplink.mqtt import Uplink
 from agent.uplink.outbox import Outbox, OutboxError
 from agent.uplink.pipeline import Pipeline
 from agent.vehicle.can_io import CanReceiver, kernel_filters, open_bus
+from agent.vehicle.compute import Computer
 from agent.vehicle.dbc import Vehicle
 from agent.vehicle.decode import build_decoders
 from agent.vehicle.signals import Sampler, policies_of
@@ -146,6 +147,7 @@ class Agent:
                 outbox=self._outbox,
                 settings=settings.telemetry,
                 on_stored=lambda: self.uplink.notify() if self.uplink else None,
+                computer=Computer(settings.signals, self.vehicle.types),
             )
             by_bus: dict[str, CanReceiver] = {}
             dtc_reader = DtcReader(settings.diagnostics, lambda bus, frame: by_bus[bus].send(frame))

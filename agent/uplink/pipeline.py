@@ -19,6 +19,7 @@ import structlog
 
 from agent.config import TelemetrySettings
 from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
+from agent.vehicle.compute import Computer
 from agent.vehicle.decode import Decoder
 from agent.vehicle.model import FrameLike, Sample
 from agent.vehicle.signals import Sampler
@@ -54,9 +55,11 @@ class Pipeline:
         outbox: Outbox,
         settings: TelemetrySettings,
         on_stored: Callable[[], None] = lambda: None,
+        computer: Computer | None = None,
     ) -> None:
         self._vehicle_id = vehicle_id
         self.decoders = decoders
+        self.computer = computer if computer else None  # `compute:` paths, if any
         self.sampler = sampler
         self._outbox = outbox
         self._settings = settings
@@ -74,6 +77,7 @@ class Pipeline:
         offer = self.sampler.offer
         batch = self._batch
         limit = self._settings.batch_max_samples
+        feed = self.computer.feed if self.computer is not None else None
 
         def on_frame(frame: FrameLike) -> None:
             if not self._accepting:
@@ -81,6 +85,8 @@ class Pipeline:
                 return
             scratch.clear()
             decoder.decode_into(frame, scratch)
+            if feed is not None and scratch:
+                feed(scratch)
             for sample in scratch:
                 if offer(sample):
                     batch.append(sample)
