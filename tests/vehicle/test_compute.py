@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_replay_applies_the_computed_paths_policy(drive: tuple[dbc.Vehicle, Path
     replay(vehicle, log, out)
     power = [(ts, value) for ts, path, value in _rows(out.getvalue()) if path == POWER]
     assert len(power) >= 2
-    for (t0, v0), (t1, v1) in zip(power, power[1:], strict=False):
+    for (t0, v0), (t1, v1) in itertools.pairwise(power):
         assert t1 - t0 >= 1.0 - 1e-9
         assert abs(v1 - v0) > 500 or t1 - t0 >= 60 - 1e-9
 
