@@ -188,6 +188,9 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
     assert later["mqtt"]["connected"] is True
     assert later["outbox"]["depth"] >= 0
     assert {"decode_errors", "samples", "dropped", "commands"} <= set(later)
+    # The VSS typing's drops (INTERFACE section 7): none from the reference car.
+    assert later["samples"]["invalid_values"] == later["samples"]["out_of_range"] == 0
+    assert later["buses"]["powertrain"]["invalid_values"] == 0
 
 
 def test_untrusted_command_requests_are_rejected_by_the_daemon(

@@ -73,6 +73,8 @@ def test_replay_every_frame_derives_power_from_the_newest_inputs(
     checked = _check_power(rows)
     assert checked > 20
     assert summary.computed.computed == checked
+    assert f"computed {checked};" in summary.line()
+    assert "invalid values 0, out of range 0" in summary.line()
     assert any(value != 0 for _, path, value in rows if path == POWER)  # the car does drive
 
 
