@@ -100,9 +100,11 @@ class Catalog:
         """The closest known path, for a 'did you mean' hint (same parent branch first)."""
         parent, _, last = path.rpartition(".")
         same_name = [p for p in self.leaves if p.endswith("." + last)]
-        hits = difflib.get_close_matches(path, same_name, n=1, cutoff=0.5)
+        hits = difflib.get_close_matches(path, same_name, n=8, cutoff=0.5)
         if hits:  # a leaf that moved to another branch keeps its name
-            return hits[0]
+            # Among instances (RearLeft, FrontRight, ...) VSS's own "any of them" reads best.
+            anywhere = [hit for hit in hits if ".AnyPosition." in hit]
+            return (anywhere or hits)[0]
         near = [p for p in self.leaves if p.startswith(parent + ".")] if parent else []
         for pool in (near, list(self.leaves)):
             hits = difflib.get_close_matches(path, pool, n=1, cutoff=0.75)

@@ -24,7 +24,10 @@ def test_the_builtin_catalog_is_vss_6_0_with_every_leaf() -> None:
     assert state is not None and state.allowed is not None and "ACC" in state.allowed
     old = "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"
     assert catalog.get(old) is None  # moved under Charging.ChargingPort in VSS 6.0
-    assert "ChargingPort" in (catalog.suggest(old) or "")
+    assert catalog.suggest(old) == (
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition"
+        ".IsChargingCableConnected"
+    )
 
 
 def test_the_data_file_ships_with_its_licence_notice() -> None:
