@@ -4,6 +4,10 @@ The plan compiles one bitstruct unpacker (via cantools' own format builder) hold
 signals that are mapped, plus the multiplexer selector where needed; per frame the work is a
 dict lookup, a length check, one or two C-level unpacks and the transform of each mapped value.
 Anything unexpected about a frame is counted, never raised.
+
+Every value comes out in its path's VSS type (`PathType`, from vehicle/vsscheck.py): sentinels,
+`invalid` entries and `map` nulls are dropped (`invalid_values`), values outside the catalog's
+range too (`out_of_range`), numbers are rounded to the resolution and integer paths are ints.
 """
 
 from __future__ import annotations
