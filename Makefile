@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test check lint format bench clean
+.PHONY: venv demo test check lint format bench clean vss
 
 venv: $(STAMP)
 
@@ -25,17 +25,34 @@ test: $(STAMP)
 	tests/vcan/run.sh
 
 check: $(STAMP)
-	$(BIN)/ruff check agent tests bench
-	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/ruff check agent tests bench tools
+	$(BIN)/ruff format --check agent tests bench tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP)
-	$(BIN)/ruff format agent tests bench
-	$(BIN)/ruff check --fix agent tests bench
+	$(BIN)/ruff format agent tests bench tools
+	$(BIN)/ruff check --fix agent tests bench tools
+
+# The built-in VSS catalog (agent/vehicle/data/), generated from the COVESA VSS release spec with
+# COVESA's own vss-tools. vss-tools pins libraries the dev tools need newer, so it gets its own
+# virtualenv; the agent never needs it at run time. VSS_SPEC: the release's folder holding spec/.
+VSS_SPEC    ?= ../shared/vss/v6.0
+VSS_RELEASE ?= 6.0
+VSS_VENV    := .venv-vss
+vss: $(STAMP)
+	@test -f $(VSS_SPEC)/spec/VehicleSignalSpecification.vspec || \
+		{ echo "VSS_SPEC=$(VSS_SPEC) holds no spec/VehicleSignalSpecification.vspec"; exit 2; }
+	test -x $(VSS_VENV)/bin/vspec || \
+		{ $(PYTHON) -m venv $(VSS_VENV) && $(VSS_VENV)/bin/pip install --quiet 'vss-tools<6'; }
+	mkdir -p out
+	$(VSS_VENV)/bin/vspec export json -s $(VSS_SPEC)/spec/VehicleSignalSpecification.vspec \
+		-u $(VSS_SPEC)/spec/units.yaml -q $(VSS_SPEC)/spec/quantities.yaml -o out/vss-$(VSS_RELEASE).json
+	$(BIN)/python tools/vss_catalog.py out/vss-$(VSS_RELEASE).json $(VSS_RELEASE) \
+		agent/vehicle/data/vss-$(VSS_RELEASE).json.gz
 
 bench: $(STAMP)
 	$(BIN)/python bench/decode.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VSS_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

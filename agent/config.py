@@ -118,8 +118,8 @@ class Transform(_Model):
         for key, out in value.items():
             if isinstance(key, bool) or not isinstance(key, str | int):
                 raise ValueError(f"map key {key!r} must be a choice name or a whole number")
-            if out is None or not isinstance(out, Scalar):
-                raise ValueError(f"map value for {key!r} must be a boolean, number or string")
+            if out is not None and not isinstance(out, Scalar):  # null: drop that choice
+                raise ValueError(f"map value for {key!r} must be a boolean, number, string or null")
             if isinstance(out, float) and not math.isfinite(out):
                 raise ValueError(f"map value for {key!r} must be finite")
         return value
@@ -131,15 +131,50 @@ class Transform(_Model):
         return self
 
 
+def _check_compute(value: str) -> str:
+    from agent.expr import ExprError, parse_arithmetic
+
+    try:
+        parse_arithmetic(value)
+    except ExprError as exc:
+        raise ValueError(f"not a valid expression: {exc}") from exc
+    return value
+
+
 class SignalSettings(_Model):
     path: Annotated[str, Field(pattern=VSS_PATH_RE.pattern, max_length=256)]
-    source: Annotated[str, Field(pattern=SOURCE_RE.pattern)]
+    source: Annotated[str, Field(pattern=SOURCE_RE.pattern)] | None = None
+    compute: Annotated[str, AfterValidator(_check_compute)] | None = None
     bus: str | None = None
     transform: Transform | None = None
+    invalid: list[Annotated[str, Field(min_length=1)] | int] = Field(default_factory=list)
+    decimals: Annotated[int, Field(ge=0, le=12)] | None = None
     on_change: bool = True
     deadband: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     min_interval_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 0
     max_interval_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _source_or_compute(self) -> SignalSettings:
+        if (self.source is None) == (self.compute is None):
+            raise ValueError("give exactly one of 'source' (a DBC signal) or 'compute'")
+        if self.compute is not None and (self.transform is not None or self.invalid):
+            raise ValueError("a 'compute' path takes no 'transform' or 'invalid'")
+        return self
+
+
+class VssSettings(_Model):
+    """The VSS catalog mapped paths are checked and typed against (agent.vehicle.catalog)."""
+
+    release: Literal["6.0"] = "6.0"
+    overlays: list[ExistingFile] = Field(default_factory=list)
+    unknown_paths: Literal["error", "warn"] = "error"
+
+    @field_validator("release", mode="before")
+    @classmethod
+    def _release_text(cls, value: Any) -> Any:
+        # `release: 6.0` in YAML is a number; accept it as the version it names.
+        return str(value) if isinstance(value, float) else value
 
 
 class TelemetrySettings(_Model):
@@ -389,6 +424,7 @@ class Settings(_Model):
     vehicle_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     can: CanSettings
     signals: Annotated[list[SignalSettings], Field(min_length=1)]
+    vss: VssSettings = Field(default_factory=VssSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -414,8 +450,9 @@ class Loaded:
     base_dir: Path
     positions: yamlpos.Positions
 
-    def problem(self, path: Sequence[str | int], message: str) -> Problem:
-        return Problem(self.file, self.positions.line_of(tuple(path)), _dotted(path), message)
+    def problem(self, path: Sequence[str | int], message: str, *, warning: bool = False) -> Problem:
+        line = self.positions.line_of(tuple(path))
+        return Problem(self.file, line, _dotted(path), message, warning)
 
 
 def _dotted(path: Sequence[str | int]) -> str:

@@ -39,12 +39,13 @@ ROWS: list[tuple[str, str, str]] = [
     ("State of charge", "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current", "{:.1f} %"),
     ("Range", "Vehicle.Powertrain.TractionBattery.Range", "km"),
     ("Speed", "Vehicle.Speed", "{:.1f} km/h"),
+    ("Battery power", "Vehicle.Powertrain.TractionBattery.CurrentPower", "kw"),  # computed
     ("Cabin temperature", "Vehicle.Cabin.HVAC.AmbientAirTemperature", "{:.1f} °C"),
     ("Target temperature", "Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature", "{:.1f} °C"),
     ("Climate (A/C)", "Vehicle.Cabin.HVAC.IsAirConditioningActive", "onoff"),
     (
         "Cable connected",
-        "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected",
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected",
         "yesno",
     ),
     ("Charging", "Vehicle.Powertrain.TractionBattery.Charging.IsCharging", "yesno"),
@@ -53,7 +54,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Tyre rear left", "Vehicle.Chassis.Axle.Row2.Wheel.Left.Tire.Pressure", "{:.0f} kPa"),
     ("Tyre rear right", "Vehicle.Chassis.Axle.Row2.Wheel.Right.Tire.Pressure", "{:.0f} kPa"),
     ("Service in", "Vehicle.Service.DistanceToService", "{:.0f} km"),
-    ("Odometer", "Vehicle.TraveledDistance", "{:.1f} km"),
+    ("Odometer", "Vehicle.TraveledDistance", "km"),  # VSS metres, shown in km
 ]
 
 # A hot afternoon: parked with a warm cabin (the console pre-conditions it with a signed
@@ -96,6 +97,8 @@ def _render(name: str, fmt: str, value: Any) -> str:
         return "[green]on[/green]" if value else "off"
     if fmt == "yesno":
         return "[green]yes[/green]" if value else "no"
+    if fmt == "kw":  # VSS watts, shown in kW
+        return f"{float(value) / 1000:+.1f} kW"
     if fmt == "km":
         return f"{float(value) / 1000:.0f} km"
     try:

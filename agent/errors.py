@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
-    """One configuration problem, printed as `FILE:LINE: key.path: message`.
-
-    A warning (`key.path: warning: message`) is reported but does not make the file invalid.
-    """
+    """One configuration problem, printed as `FILE:LINE: key.path: message`; a warning (a
+    leniency taken, a unit mismatch) as `FILE:LINE: key.path: warning: message`. Warnings
+    never make a configuration unusable."""
 
     file: str
     line: int
@@ -25,8 +24,8 @@ class Problem:
     def __str__(self) -> str:
         # One problem, one line: library messages sometimes span several.
         message = " ".join(self.message.split())
-        marker = "warning: " if self.warning else ""
-        return f"{self.file}:{self.line}: {self.key}: {marker}{message}"
+        label = "warning: " if self.warning else ""
+        return f"{self.file}:{self.line}: {self.key}: {label}{message}"
 
 
 class AgentError(Exception):

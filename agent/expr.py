@@ -6,9 +6,13 @@
     Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature == $target_temp_c
 
 Operands: signal paths, numbers, 'strings', true/false, and `$param` (a command parameter).
-Operators: == != < <= > >=, and, or, not, parentheses. Parsed once at load into a tree of
-tuples and evaluated against a dict of current values; nothing is ever passed to `eval`.
-A comparison with a value not known yet is false (and reported as such).
+Operators: == != < <= > >=, and, or, not, parentheses; in `compute` expressions arithmetic
++ - * / and the functions abs(x), min(a, b, ...), max(a, b, ...). Parsed once at load into a
+tree of tuples and evaluated against a dict of current values; nothing is ever passed to
+`eval`. A comparison with a value not known yet is false (and reported as such); arithmetic
+on an unknown value, a non-number or a division by zero is unknown.
+
+`compute:` paths use `parse_arithmetic`: one arithmetic expression over signal paths.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from typing import Any
 
 _TOKEN = re.compile(
     r"""\s*(?:
-        (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+        (?P<num>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
       | (?P<str>'[^']*'|"[^"]*")
-      | (?P<op>==|!=|<=|>=|<|>|\(|\))
+      | (?P<op>==|!=|<=|>=|<|>|\(|\)|[-+*/,])
       | (?P<param>\$[A-Za-z_][A-Za-z0-9_]*)
       | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
     )""",
@@ -39,6 +43,13 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+_ARITH: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"abs": abs, "min": min, "max": max}
 
 
 class ExprError(ValueError):
@@ -58,6 +69,14 @@ class Expression:
     def evaluate(self, values: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
         """True only when it definitely holds; unknown signals make it not hold."""
         return _eval(self.tree, values, params) is True
+
+    def number(self, values: Mapping[str, Any]) -> float | int | None:
+        """The arithmetic value, or None when an input is unknown, not a number, or the
+        result is not a finite number (a division by zero)."""
+        result = _value(self.tree, values, {})
+        if not _numeric(result) or not math.isfinite(result):
+            return None
+        return result  # type: ignore[no-any-return]
 
     def explain(self, values: Mapping[str, Any]) -> str:
         """The current values of the paths it reads, for a rejection's detail: in JSON terms
@@ -81,6 +100,23 @@ def parse(text: str) -> Expression:
     return Expression(text, tree, frozenset(paths), frozenset(params))
 
 
+def parse_arithmetic(text: str) -> Expression:
+    """One arithmetic expression over signal paths (no comparisons, no $params)."""
+    tokens = _tokenize(text)
+    parser = _Parser(tokens, arithmetic=True)
+    tree = parser.sum()
+    if parser.pos != len(tokens):
+        raise ExprError(f"unexpected {tokens[parser.pos][1]!r}")
+    paths: set[str] = set()
+    params: set[str] = set()
+    _collect(tree, paths, params)
+    if params:
+        raise ExprError("a computed value takes no $parameters")
+    if not paths:
+        raise ExprError("a computed value reads at least one signal path")
+    return Expression(text, tree, frozenset(paths), frozenset(params))
+
+
 def _tokenize(text: str) -> list[tuple[str, str]]:
     tokens: list[tuple[str, str]] = []
     pos = 0
@@ -98,9 +134,11 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+    def __init__(self, tokens: list[tuple[str, str]], *, arithmetic: bool = False) -> None:
         self.tokens = tokens
         self.pos = 0
+        # Conditions compare values; only `compute` expressions do arithmetic.
+        self.arithmetic = arithmetic
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -133,15 +171,57 @@ class _Parser:
         return self.comparison()
 
     def comparison(self) -> Node:
-        left = self.operand()
+        left = self.sum()
         token = self.peek()
         if token is not None and token[0] == "op" and token[1] in _COMPARE:
             self.take()
-            return ("cmp", token[1], left, self.operand())
+            return ("cmp", token[1], left, self.sum())
         return left
+
+    def sum(self) -> Node:
+        if not self.arithmetic:
+            return self.operand()
+        node = self.product()
+        while self.peek() in (("op", "+"), ("op", "-")):
+            node = ("arith", self.take()[1], node, self.product())
+        return node
+
+    def product(self) -> Node:
+        node = self.unary()
+        while self.peek() in (("op", "*"), ("op", "/")):
+            node = ("arith", self.take()[1], node, self.unary())
+        return node
+
+    def unary(self) -> Node:
+        if self.peek() == ("op", "-"):
+            self.take()
+            inner = self.unary()
+            if inner[0] == "const" and _numeric(inner[1]):
+                return ("const", -inner[1])
+            return ("arith", "-", ("const", 0), inner)
+        return self.operand()
+
+    def call(self, name: str) -> Node:
+        self.take()  # "("
+        args = [self.sum()]
+        while self.peek() == ("op", ","):
+            self.take()
+            args.append(self.sum())
+        if self.take() != ("op", ")"):
+            raise ExprError(f"missing ')' after the arguments of {name}")
+        if name == "abs" and len(args) != 1:
+            raise ExprError("abs takes one argument")
+        return ("call", name, *args)
 
     def operand(self) -> Node:
         kind, text = self.take()
+        if kind == "op" and text == "-" and not self.arithmetic and self.peek() is not None:
+            inner = self.operand()  # a negative number in a condition: `Vehicle.X > -5`
+            if inner[0] != "const" or not _numeric(inner[1]):
+                raise ExprError("'-' only before a number in a condition")
+            return ("const", -inner[1])
+        if kind == "word" and text in _FUNCTIONS and self.arithmetic and self.peek() == ("op", "("):
+            return self.call(text)
         if kind == "op" and text == "(":
             node = self.or_expr()
             if self.take() != ("op", ")"):
@@ -176,9 +256,12 @@ def _collect(node: Node, paths: set[str], params: set[str]) -> None:
         _collect(node[2], paths, params)
     elif kind == "not":
         _collect(node[1], paths, params)
-    elif kind == "cmp":
+    elif kind in ("cmp", "arith"):
         _collect(node[2], paths, params)
         _collect(node[3], paths, params)
+    elif kind == "call":
+        for arg in node[2:]:
+            _collect(arg, paths, params)
 
 
 _UNKNOWN = object()
@@ -193,6 +276,8 @@ def _value(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> 
         return _UNKNOWN if value is None else value
     if kind == "param":
         return params.get(node[1], _UNKNOWN)
+    if kind in ("arith", "call"):
+        return _arith(node, values, params)
     result = _eval(node, values, params)
     return _UNKNOWN if result is None else result
 
@@ -224,6 +309,19 @@ def _eval(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> b
     if value is _UNKNOWN:
         return None
     return value if isinstance(value, bool) else bool(value)
+
+
+def _arith(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+    operands = node[2:]
+    args = [_value(arg, values, params) for arg in operands]
+    if not all(_numeric(arg) for arg in args):
+        return _UNKNOWN  # unknown inputs, booleans and strings give no number
+    try:
+        if node[0] == "call":
+            return _FUNCTIONS[node[1]](*args)
+        return _ARITH[node[1]](*args)
+    except ZeroDivisionError:
+        return _UNKNOWN
 
 
 def _compare(op: str, left: Any, right: Any) -> bool:

@@ -39,6 +39,7 @@ from agent.uplink.mqtt import Uplink
 from agent.uplink.outbox import Outbox, OutboxError
 from agent.uplink.pipeline import Pipeline
 from agent.vehicle.can_io import CanReceiver, kernel_filters, open_bus
+from agent.vehicle.compute import Computer
 from agent.vehicle.dbc import Vehicle
 from agent.vehicle.decode import build_decoders
 from agent.vehicle.signals import Sampler, policies_of
@@ -157,6 +158,7 @@ class Agent:
                 outbox=self._outbox,
                 settings=settings.telemetry,
                 on_stored=lambda: self.uplink.notify() if self.uplink else None,
+                computer=Computer(settings.signals, self.vehicle.types),
             )
             by_bus: dict[str, CanReceiver] = {}
             dtc_reader = DtcReader(settings.diagnostics, lambda bus, frame: by_bus[bus].send(frame))
@@ -217,7 +219,8 @@ class Agent:
             grid.load()  # before the schedule resumes: it plans with the stored signal
             grid.on_change = schedule.on_grid_change
             self.campaigns = campaigns = CampaignEngine(
-                mapped=frozenset(m.path for m in self.vehicle.mapped),
+                # Every configured path, decoded or computed: a campaign may collect either.
+                mapped=frozenset(s.path for s in settings.signals),
                 store=store,
                 publish=self._publish_capture,
                 event=self._campaign_event,

@@ -39,7 +39,7 @@ signals:
   - path: Vehicle.Powertrain.TractionBattery.Charging.IsCharging
     source: OBC_ChargeState
     transform:
-      map: {{IDLE: false, CHARGING: true}}
+      map: {{IDLE: false, CHARGING: true, COMPLETE: false, FAULT: null, WAITING: false}}
 """
 
 
@@ -87,7 +87,7 @@ def test_shipped_configs_are_ok_and_map_every_interface_path(name: str) -> None:
         "Vehicle.Powertrain.TractionBattery.Temperature.Average",
         "Vehicle.Powertrain.TractionBattery.Range",
         "Vehicle.Powertrain.TractionBattery.Charging.IsCharging",
-        "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected",
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected",
         "Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit",
         "Vehicle.Cabin.HVAC.IsAirConditioningActive",
         "Vehicle.Cabin.HVAC.AmbientAirTemperature",
@@ -228,7 +228,7 @@ def test_ambiguity_resolved_by_bus_or_message(
         "  - path: Vehicle.Powertrain.TractionBattery.StateOfCharge.Current\n"
         "    source: BMS_SOC\n"
         "    bus: powertrain\n"
-        "  - path: Vehicle.Cabin.Extra\n"
+        "  - path: Vehicle.Cabin.HVAC.AmbientAirTemperature\n"
         "    source: ExtraB.Temp\n"
     )
     vehicle = dbc.load_vehicle(config.load(write_config(text)))
@@ -237,13 +237,13 @@ def test_ambiguity_resolved_by_bus_or_message(
         "powertrain",
         "BMS_Status",
     )
-    assert found["Vehicle.Cabin.Extra"] == ("body", "ExtraB")
+    assert found["Vehicle.Cabin.HVAC.AmbientAirTemperature"] == ("body", "ExtraB")
 
 
 def test_ambiguous_across_messages(write_config: Callable[[str], Path], tmp_path: Path) -> None:
     extra = _ambiguous_dbc(tmp_path)
     text = BASE.replace(f"dbc: [{BODY}]", f"dbc: [{BODY}, {extra}]") + (
-        "  - path: Vehicle.Cabin.Extra\n    source: Temp\n    bus: body\n"
+        "  - path: Vehicle.Cabin.HVAC.AmbientAirTemperature\n    source: Temp\n    bus: body\n"
     )
     problem = only(problems_of(write_config(text)))
     assert (problem.key, problem.line) == ("signals.2.source", line_of(text, "source: Temp"))
@@ -251,7 +251,7 @@ def test_ambiguous_across_messages(write_config: Callable[[str], Path], tmp_path
 
 
 def test_map_key_that_is_not_a_choice(write_config: Callable[[str], Path]) -> None:
-    text = BASE.replace("CHARGING: true}", "CHARGIN: true}")
+    text = BASE.replace("CHARGING: true,", "CHARGIN: true,")
     problem = only(problems_of(write_config(text)))
     assert problem.key == "signals.1.transform.map.CHARGIN"
     assert problem.line == line_of(text, "CHARGIN")
@@ -259,9 +259,7 @@ def test_map_key_that_is_not_a_choice(write_config: Callable[[str], Path]) -> No
 
 
 def test_map_number_outside_raw_range(write_config: Callable[[str], Path]) -> None:
-    text = BASE.replace(
-        "map: {IDLE: false, CHARGING: true}", "map:\n        IDLE: false\n        9: true"
-    )
+    text = BASE.replace("map: {IDLE: false, CHARGING: true,", "map: {IDLE: false, 9: true,")
     problem = only(problems_of(write_config(text)))
     assert (problem.key, problem.line) == ("signals.1.transform.map.9", line_of(text, "9: true"))
     assert "0..7" in problem.message
@@ -296,7 +294,7 @@ def test_yaml_11_words_stay_strings_as_map_keys(write_config: Callable[[str], Pa
 
 def test_two_transforms_at_once(write_config: Callable[[str], Path]) -> None:
     text = BASE.replace(
-        "      map: {IDLE: false, CHARGING: true}",
+        "      map: {IDLE: false, CHARGING: true, COMPLETE: false, FAULT: null, WAITING: false}",
         "      map: {IDLE: false}\n      linear: {scale: 2}",
     )
     problem = only(problems_of(write_config(text)))
@@ -416,7 +414,7 @@ def test_cli_prints_ok(tmp_path: Path) -> None:
 
 def test_cli_prints_one_line_per_problem_and_exits_2(write_config: Callable[[str], Path]) -> None:
     text = BASE.replace("source: VCU_VehicleSpeed", "source: Nope").replace(
-        "CHARGING: true}", "CHARGIN: true}"
+        "CHARGING: true,", "CHARGIN: true,"
     )
     path = write_config(text)
     result = subprocess.run(
@@ -464,3 +462,172 @@ def test_cli_missing_file() -> None:
         result.stderr
         == "/nonexistent/agent.yaml:1: (file): cannot read: No such file or directory\n"
     )
+
+
+# --- the VSS catalog (INTERFACE section 7) ---
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_a_path_outside_the_catalog_is_refused_with_a_hint(
+    write_config: Callable[[str], Path],
+) -> None:
+    old = "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"
+    text = BASE + f"  - path: {old}\n    source: OBC_CableState\n"
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.2.path", line_of(text, old))
+    assert "not in the VSS 6.0 catalog" in problem.message
+    assert "ChargingPort" in problem.message and "unknown_paths: warn" in problem.message
+
+
+def test_unknown_paths_warn_prints_a_warning_and_exits_0(
+    write_config: Callable[[str], Path],
+) -> None:
+    text = BASE + "  - {path: Vehicle.Custom.Thing, source: BMS_SOC}\nvss: {unknown_paths: warn}\n"
+    path = write_config(text)
+    result = _check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "OK\n"
+    line = line_of(text, "Vehicle.Custom.Thing")
+    assert result.stderr.splitlines() == [
+        f"{path}:{line}: signals.2.path: warning: Vehicle.Custom.Thing is not in the VSS 6.0 "
+        "catalog"
+    ]
+
+
+def test_a_choice_signal_on_a_boolean_path_needs_a_map(
+    write_config: Callable[[str], Path],
+) -> None:
+    text = (
+        BASE
+        + "  - path: Vehicle.Powertrain.Transmission.IsParkLockEngaged\n"
+        + ("    source: VCU_GearPos\n")
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.2.source", line_of(text, "VCU_GearPos"))
+    assert "boolean" in problem.message and "P, R, N, D" in problem.message
+
+
+def test_a_map_on_a_boolean_path_must_cover_every_choice(
+    write_config: Callable[[str], Path],
+) -> None:
+    text = BASE.replace("COMPLETE: false, FAULT: null, ", "")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.1.transform.map", line_of(text, "map:"))
+    assert "COMPLETE, FAULT" in problem.message
+
+
+def test_map_values_must_have_the_paths_type(write_config: Callable[[str], Path]) -> None:
+    text = BASE.replace("CHARGING: true,", "CHARGING: 'yes',")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == (
+        "signals.1.transform.map.CHARGING",
+        line_of(text, "map:"),
+    )
+    assert "'yes' is not a boolean" in problem.message
+
+
+def test_numbers_on_a_string_path_are_refused(write_config: Callable[[str], Path]) -> None:
+    text = BASE + "  - {path: Vehicle.LowVoltageSystemState, source: BMS_SOC}\n"
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.2.source", line_of(text, "LowVoltage"))
+    assert "string path" in problem.message
+
+
+def test_invalid_entries_must_be_choices_or_raw_values(write_config: Callable[[str], Path]) -> None:
+    text = BASE + (
+        "  - path: Vehicle.LowVoltageSystemState\n    source: VCU_Ignition\n"
+        "    invalid:\n      - START\n      - NoData\n      - 9\n"
+    )
+    problems = problems_of(write_config(text))
+    assert [(p.key, p.line) for p in problems] == [
+        ("signals.2.invalid.1", line_of(text, "NoData")),
+        ("signals.2.invalid.2", line_of(text, "- 9")),
+    ]
+
+
+def test_a_unit_mismatch_warns_with_the_converting_transform(
+    write_config: Callable[[str], Path],
+) -> None:
+    text = BASE + "  - {path: Vehicle.TraveledDistance, source: VCU_Odometer}\n"
+    path = write_config(text)
+    result = _check_config(path)
+    assert result.returncode == 0 and result.stdout == "OK\n"
+    line = line_of(text, "VCU_Odometer")
+    assert result.stderr.splitlines() == [
+        f"{path}:{line}: signals.2.source: warning: the DBC gives km, VSS wants m for "
+        "Vehicle.TraveledDistance; convert with transform: {linear: {scale: 1000}}"
+    ]
+    fixed = text.replace(
+        "source: VCU_Odometer}", "source: VCU_Odometer, transform: {linear: {scale: 1000}}}"
+    )
+    assert _check_config(write_config(fixed)).stderr == ""
+
+
+def test_unit_spellings_are_normalised() -> None:
+    from agent.vehicle import units
+
+    assert units.canonical("kph") == units.canonical("km/h") == "km/h"
+    assert units.canonical("degC") == units.canonical("°C") == units.canonical("Celsius")
+    assert units.canonical("%") == "percent"
+    assert units.conversion("Fahrenheit", "Celsius") == pytest.approx((5 / 9, -160 / 9))
+    assert units.conversion("bar", "kPa") == (100.0, 0.0)
+    assert units.conversion("km", "V") is None
+
+
+def test_an_overlay_adds_and_refines_paths(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    overlay = tmp_path / "car.vspec"
+    overlay.write_text(
+        "Vehicle.Custom:\n  type: branch\n  description: ours\n"
+        "Vehicle.Custom.Boost:\n  type: sensor\n  datatype: uint8\n  unit: percent\n  max: 100\n"
+        "Vehicle.Speed:\n  max: 250\n"
+    )
+    text = BASE + (
+        f"  - {{path: Vehicle.Custom.Boost, source: BMS_SOC}}\nvss:\n  overlays: [{overlay}]\n"
+    )
+    vehicle = dbc.load_vehicle(config.load(write_config(text)))
+    assert vehicle.types["Vehicle.Custom.Boost"].kind == "integer"
+    assert vehicle.types["Vehicle.Custom.Boost"].high == 100
+    assert vehicle.types["Vehicle.Speed"].high == 250
+
+
+def test_overlay_problems_name_the_overlays_own_lines(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    overlay = tmp_path / "bad.vspec"
+    overlay.write_text(
+        "Vehicle.Custom.A:\n  type: sensor\n  datatype: float\n"
+        "Vehicle.Custom.B:\n  type: sensor\n  datatype: quaternion\n"
+    )
+    text = BASE + f"vss:\n  overlays: [{overlay}]\n"
+    problem = only(problems_of(write_config(text)))
+    assert (problem.file, problem.line, problem.key) == (str(overlay), 4, "Vehicle.Custom.B")
+    assert "datatype" in problem.message
+
+
+def test_compute_must_read_mapped_paths(write_config: Callable[[str], Path]) -> None:
+    text = BASE + (
+        "  - path: Vehicle.Powertrain.TractionBattery.CurrentPower\n"
+        "    compute: Vehicle.Speed * Vehicle.Powertrain.TractionBattery.CurrentCurrent\n"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("signals.2.compute", line_of(text, "compute:"))
+    assert "CurrentCurrent, which no signal maps" in problem.message
+
+
+def test_compute_and_source_are_exclusive(write_config: Callable[[str], Path]) -> None:
+    text = BASE + (
+        "  - path: Vehicle.Powertrain.TractionBattery.CurrentPower\n"
+        "    source: BMS_SOC\n    compute: Vehicle.Speed * 2\n"
+    )
+    problem = only(problems_of(write_config(text)))
+    assert problem.key == "signals.2" and "exactly one of 'source'" in problem.message

@@ -28,7 +28,9 @@ from agent.errors import StoreError
 log = structlog.get_logger("agent.energy.schedule")
 
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
-CABLE = "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"
+CABLE = (
+    "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected"
+)
 DRIFT_REPLAN_EVERY_S = 60.0
 
 

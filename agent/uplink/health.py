@@ -88,6 +88,9 @@ class Health:
             ),
             "samples": {
                 "decoded": sum(d.stats.samples for d in self._decoders.values()),
+                # Values dropped by the VSS typing (INTERFACE section 7); per bus as well.
+                "invalid_values": sum(d.stats.invalid_values for d in self._decoders.values()),
+                "out_of_range": sum(d.stats.out_of_range for d in self._decoders.values()),
                 "published": p.samples_published,
                 "dropped": p.samples_dropped,
             },

@@ -20,6 +20,7 @@ import structlog
 from agent.config import TelemetrySettings
 from agent.uplink.encoding import TelemetryEncoder
 from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
+from agent.vehicle.compute import Computer
 from agent.vehicle.decode import Decoder
 from agent.vehicle.model import FrameLike, Sample
 from agent.vehicle.signals import Sampler
@@ -59,9 +60,11 @@ class Pipeline:
         outbox: Outbox,
         settings: TelemetrySettings,
         on_stored: Callable[[], None] = lambda: None,
+        computer: Computer | None = None,
     ) -> None:
         self._vehicle_id = vehicle_id
         self.decoders = decoders
+        self.computer = computer if computer else None  # `compute:` paths, if any
         self.sampler = sampler
         self._outbox = outbox
         self._settings = settings
@@ -85,6 +88,7 @@ class Pipeline:
         batch = self._batch
         limit = self._settings.batch_max_samples
         tap_paths = self.tap_paths
+        feed = self.computer.feed if self.computer is not None else None
 
         def on_frame(frame: FrameLike) -> None:
             if not self._accepting:
@@ -92,6 +96,8 @@ class Pipeline:
                 return
             scratch.clear()
             decoder.decode_into(frame, scratch)
+            if feed is not None and scratch:
+                feed(scratch)
             if tap_paths:
                 tap = self.tap
                 for sample in scratch:

@@ -7,15 +7,19 @@ OEM engineer at the exact key that does not fit the car's DBC files.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cantools.database.can import Message, Signal
 
 from agent.config import BusSettings, Loaded, SignalSettings
 from agent.errors import ConfigError, Problem
 from agent.vehicle import dbc_files
+
+if TYPE_CHECKING:
+    from agent.vehicle.vsscheck import PathType
 
 EXTENDED_FLAG = 0x8000_0000  # the DBC convention: bit 31 marks a 29-bit identifier
 
@@ -69,7 +73,9 @@ class Vehicle:
     loaded: Loaded
     buses: dict[str, BusDb]
     mapped: tuple[MappedSignal, ...]
-    warnings: tuple[Problem, ...] = ()  # leniencies taken: reported, never fatal
+    types: Mapping[str, PathType] = field(default_factory=dict)  # per path, from the catalog
+    # Leniencies taken with DBC files, unit mismatches: check-config prints them, never fatal.
+    warnings: tuple[Problem, ...] = ()
 
 
 def load_vehicle(loaded: Loaded) -> Vehicle:
@@ -85,13 +91,27 @@ def load_vehicle(loaded: Loaded) -> Vehicle:
     }
     mapped: list[MappedSignal] = []
     for index, sig in enumerate(loaded.settings.signals):
+        if sig.source is None:
+            continue  # a `compute` path: derived from other paths, no DBC signal
         found = _resolve(loaded, index, sig, buses, problems)
         if found is not None:
             mapped.append(found)
             problems += _check_transform(loaded, found)
-    if any(not p.warning for p in problems):
-        raise ConfigError(problems)
-    return Vehicle(loaded=loaded, buses=buses, mapped=tuple(mapped), warnings=tuple(problems))
+    from agent.vehicle import vsscheck  # it builds on this module's MappedSignal
+
+    checked = vsscheck.check(loaded, mapped)
+    problems += checked.problems
+    warnings = [p for p in problems if p.warning] + list(checked.warnings)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ConfigError(errors + warnings)
+    return Vehicle(
+        loaded=loaded,
+        buses=buses,
+        mapped=tuple(mapped),
+        types=checked.types,
+        warnings=tuple(sorted(warnings)),
+    )
 
 
 def _load_bus(loaded: Loaded, index: int, bus: BusSettings, problems: list[Problem]) -> BusDb:
@@ -216,7 +236,8 @@ def _resolve(
         )
         return None
     candidates = [buses[sig.bus]] if sig.bus is not None else list(buses.values())
-    message_name, _, signal_name = sig.source.rpartition(".")
+    source = sig.source or ""
+    message_name, _, signal_name = source.rpartition(".")
     hits: list[tuple[BusDb, Message, Signal]] = []
     for bus in candidates:
         for message, signal in bus.signals.get(signal_name, ()):
@@ -255,7 +276,7 @@ def _resolve(
                 for m in bus.by_name.values()
                 for s in m.signals
             )
-        hint = difflib.get_close_matches(sig.source, known, n=1)
+        hint = difflib.get_close_matches(source, known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         problems.append(
             loaded.problem(

@@ -4,21 +4,27 @@ The plan compiles one bitstruct unpacker (via cantools' own format builder) hold
 signals that are mapped, plus the multiplexer selector where needed; per frame the work is a
 dict lookup, a length check, one or two C-level unpacks and the transform of each mapped value.
 Anything unexpected about a frame is counted, never raised.
+
+Every value comes out in its path's VSS type (`PathType`, from vehicle/vsscheck.py): sentinels,
+`invalid` entries and `map` nulls are dropped (`invalid_values`), values outside the catalog's
+range too (`out_of_range`), numbers are rounded to the resolution and integer paths are ints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from cantools.database.can import Message, Signal
 from cantools.database.errors import DecodeError
 from cantools.database.utils import create_encode_decode_formats
 
-from agent.vehicle.dbc import MappedSignal, Vehicle, choices_of, frame_key
+from agent.vehicle.dbc import MappedSignal, Vehicle, choices_of, frame_key, raw_range
 from agent.vehicle.model import FrameLike, Sample, Value
+from agent.vehicle.vsscheck import PathType, effective_linear, resolution_decimals, untyped
 
 
 @dataclass(slots=True)
@@ -35,6 +41,8 @@ class DecodeStats:
     samples: int = 0
     unmapped_values: int = 0  # a `map` transform did not cover the value: dropped
     nonfinite: int = 0  # NaN or infinity from a float signal: dropped (not valid JSON)
+    invalid_values: int = 0  # a sentinel choice on a numeric path, `invalid`, a map to null
+    out_of_range: int = 0  # outside the VSS catalog's min/max (or the integer type's range)
 
     @property
     def frames(self) -> int:
@@ -51,41 +59,161 @@ class DecodeStats:
         return {"frames": self.frames, **asdict(self)}
 
 
+class _Drop:
+    """A value that is not published, and the counter that says why."""
+
+    __slots__ = ("counter",)
+
+    def __init__(self, counter: str) -> None:
+        self.counter = counter
+
+
+INVALID = _Drop("invalid_values")  # a sentinel choice, an `invalid` entry, a `map` to null
+OUT_OF_RANGE = _Drop("out_of_range")
+UNMAPPED = _Drop("unmapped_values")
+NONFINITE = _Drop("nonfinite")
+
+
 @dataclass(slots=True)
 class _Outputs:
-    """The mapped signals of one plan, grouped by how their value is computed, so the per-frame
-    loops carry no branching: (path, signal name, ...) tuples in each group."""
+    """The mapped signals of one plan, grouped by how their value is computed, so the common
+    cases run in tight loops: (path, signal name, ...) tuples in each group.
 
-    linear: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # raw * a + b
-    choice: list[tuple[str, str, Any, Any, dict[int, str]]] = field(default_factory=list)
-    mapped: list[tuple[str, str, dict[Any, Value]]] = field(default_factory=list)
-    floats: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # checked for NaN/inf
+    - `ints`: integer paths with whole scale and offset whose every raw value is in range:
+      raw * scale + offset, exact.
+    - `exact`: float paths whose every raw value is in range: (raw * num + off) / den with
+      integers, which Python rounds correctly, so 126 * 0.1 comes out as 12.6 with no round().
+    - `general`: everything else (choices, sentinels, maps, range checks, float signals), one
+      converter closure each that returns the value or a _Drop.
+    """
 
-    def add(self, mapped: MappedSignal) -> None:
+    ints: list[tuple[str, str, int, int, float, float]] = field(default_factory=list)
+    exact: list[tuple[str, str, int, int, int, float, float]] = field(default_factory=list)
+    tables: list[tuple[str, str, dict[Any, Any], _Drop]] = field(default_factory=list)
+    general: list[tuple[str, str, Callable[[Any], Any]]] = field(default_factory=list)
+
+    def add(self, mapped: MappedSignal, ptype: PathType) -> None:
         signal = mapped.signal
-        transform = mapped.settings.transform
-        scale, offset = signal.conversion.scale, signal.conversion.offset
-        names = choices_of(signal)
-        if transform is not None and transform.map is not None:
-            by_name = {name: raw for raw, name in names.items()}
-            table: dict[Any, Value] = {}
-            for key, out in transform.map.items():
-                if isinstance(key, str):
-                    table[by_name[key]] = out
-            for key, out in transform.map.items():
-                if isinstance(key, int):  # raw numbers are explicit, so they win over names
-                    table[key] = out
-            self.mapped.append((mapped.path, signal.name, table))
+        settings = mapped.settings
+        path, name = mapped.path, signal.name
+        table = _table(mapped, ptype)
+        if table is not None:
+            self.tables.append((path, name, *table))
             return
-        if transform is not None and transform.linear is not None:
-            # (raw * scale + offset) * t_scale + t_offset, folded into one multiply-add.
-            t_scale, t_offset = transform.linear.scale, transform.linear.offset
-            scale, offset = scale * t_scale, offset * t_scale + t_offset
-        elif names:
-            self.choice.append((mapped.path, signal.name, scale, offset, names))
-            return
-        group = self.floats if signal.is_float else self.linear
-        group.append((mapped.path, signal.name, scale, offset))
+        transform = settings.transform
+        fast = not signal.is_float and not choices_of(signal) and not settings.invalid
+        if fast and ptype.kind in ("integer", "float"):
+            assert transform is None or transform.map is None  # maps are tables
+            scale, offset = effective_linear(mapped)
+            # Bounds that no raw value can cross are left out (infinite) rather than given
+            # a loop of their own: one comparison costs less than one more loop per frame.
+            always = _always_in_range(signal, scale, offset, ptype)
+            low = -math.inf if always or ptype.low is None else ptype.low
+            high = math.inf if always or ptype.high is None else ptype.high
+            if ptype.kind == "integer" and scale == int(scale) and offset == int(offset):
+                self.ints.append((path, name, int(scale), int(offset), low, high))
+                return
+            exact = _as_fraction(scale, offset, ptype.decimals, resolution_decimals(mapped))
+            if ptype.kind == "float" and exact is not None:
+                self.exact.append((path, name, *exact, low, high))
+                return
+        self.general.append((path, name, converter(mapped, ptype)))
+
+
+def _table(mapped: MappedSignal, ptype: PathType) -> tuple[dict[Any, Any], _Drop] | None:
+    """A `map` transform, or choice names on a string path, as one lookup: raw -> value or
+    _Drop, with the _Drop for raw values the table does not hold."""
+    signal = mapped.signal
+    settings = mapped.settings
+    names = choices_of(signal)
+    by_name = {name: raw for raw, name in names.items()}
+    transform = settings.transform
+    table: dict[Any, Any] = {}
+    if transform is not None and transform.map is not None:
+        for key, out in transform.map.items():
+            if isinstance(key, str):
+                table[by_name[key]] = _typed(out, ptype)
+        for key, out in transform.map.items():
+            if isinstance(key, int):  # raw numbers are explicit, so they win over names
+                table[key] = _typed(out, ptype)
+        missing = UNMAPPED
+    elif ptype.kind == "string" and not signal.is_float:
+        table = dict(names)
+        missing = INVALID  # a raw value without a choice name
+    else:
+        return None
+    for entry in settings.invalid:
+        table[by_name[entry] if isinstance(entry, str) else entry] = None
+    return {raw: INVALID if out is None else out for raw, out in table.items()}, missing
+
+
+def _always_in_range(signal: Signal, scale: Decimal, offset: Decimal, ptype: PathType) -> bool:
+    low, high = raw_range(signal)
+    ends = (low * scale + offset, high * scale + offset)
+    return (ptype.low is None or min(ends) >= Decimal(repr(ptype.low))) and (
+        ptype.high is None or max(ends) <= Decimal(repr(ptype.high))
+    )
+
+
+def _as_fraction(
+    scale: Decimal, offset: Decimal, decimals: int | None, resolution: int
+) -> tuple[int, int, int] | None:
+    """(num, off, den) with value = (raw * num + off) / den, when rounding to `decimals`
+    loses nothing (decimals at least the resolution's)."""
+    if decimals is None or decimals < resolution:
+        return None
+    den = 10**resolution
+    return int(scale * den), int(offset * den), den
+
+
+def converter(mapped: MappedSignal, ptype: PathType) -> Callable[[Any], Any]:
+    """raw value -> published value or a _Drop, for the cases the fast groups do not take."""
+    signal = mapped.signal
+    settings = mapped.settings
+    names = choices_of(signal)
+    by_name = {name: raw for raw, name in names.items()}
+    invalid = frozenset(by_name[v] if isinstance(v, str) else v for v in settings.invalid)
+    if ptype.kind == "string":
+
+        def named(raw: Any) -> Any:
+            name = names.get(raw)
+            return INVALID if name is None or raw in invalid else name
+
+        return named
+    if ptype.kind == "boolean":  # a one-bit signal (vsscheck refuses anything else)
+        return lambda raw: INVALID if raw in invalid else bool(raw)
+    scale, offset = effective_linear(mapped)
+    fscale, foffset = float(scale), float(offset)
+    sentinels = invalid | frozenset(names)
+    low = -math.inf if ptype.low is None else ptype.low
+    high = math.inf if ptype.high is None else ptype.high
+    integer = ptype.kind == "integer"
+    decimals = ptype.decimals
+
+    def number(raw: Any) -> Any:
+        if raw in sentinels:
+            return INVALID
+        value = raw * fscale + foffset
+        if not math.isfinite(value):
+            return NONFINITE
+        if integer:
+            value = round(value)
+        elif decimals is not None:
+            value = round(value, decimals)
+        if not low <= value <= high:
+            return OUT_OF_RANGE
+        return value
+
+    return number
+
+
+def _typed(out: Value | None, ptype: PathType) -> Value | None:
+    """A map value in the path's JSON type (126.0 on an integer path is 126)."""
+    if out is None or isinstance(out, bool) or not isinstance(out, int | float):
+        return out
+    if ptype.kind == "integer":
+        return int(out)
+    return float(out)
 
 
 @dataclass(slots=True)
@@ -100,10 +228,10 @@ class _Plan:
     fallback: Message | None = None  # nested multiplexing: cantools decodes the frame
 
 
-def _outputs(mapped: Iterable[MappedSignal]) -> _Outputs:
+def _outputs(mapped: Iterable[MappedSignal], types: Mapping[str, PathType]) -> _Outputs:
     outs = _Outputs()
     for m in mapped:
-        outs.add(m)
+        outs.add(m, types[m.path])
     return outs
 
 
@@ -118,10 +246,12 @@ def _compile(signals: list[Signal], length: int) -> tuple[Any, Any]:
     return big, little
 
 
-def _build_plan(message: Message, mapped: list[MappedSignal]) -> _Plan:
+def _build_plan(
+    message: Message, mapped: list[MappedSignal], types: Mapping[str, PathType]
+) -> _Plan:
     length = message.length
     if any(_nested(message, m.signal) for m in mapped):
-        return _Plan(message.name, length, None, None, _outputs(mapped), fallback=message)
+        return _Plan(message.name, length, None, None, _outputs(mapped, types), fallback=message)
     base = [m for m in mapped if m.signal.multiplexer_ids is None]
     muxed = [m for m in mapped if m.signal.multiplexer_ids is not None]
     base_signals = [m.signal for m in base]
@@ -136,9 +266,9 @@ def _build_plan(message: Message, mapped: list[MappedSignal]) -> _Plan:
             members = [m for m in muxed if mux_id in (m.signal.multiplexer_ids or ())]
             big, little = _compile([m.signal for m in members], length)
             name = f"{message.name}[{mux_id}]"
-            branches[mux_id] = _Plan(name, length, big, little, _outputs(members))
+            branches[mux_id] = _Plan(name, length, big, little, _outputs(members, types))
     big, little = _compile(base_signals, length)
-    return _Plan(message.name, length, big, little, _outputs(base), selector, branches)
+    return _Plan(message.name, length, big, little, _outputs(base, types), selector, branches)
 
 
 def _nested(message: Message, signal: Signal) -> bool:
@@ -152,15 +282,20 @@ def _nested(message: Message, signal: Signal) -> bool:
 class Decoder:
     """Decodes the frames of one bus into samples of the mapped paths."""
 
-    def __init__(self, bus: str, mapped: Iterable[MappedSignal]) -> None:
+    def __init__(
+        self, bus: str, mapped: Iterable[MappedSignal], types: Mapping[str, PathType]
+    ) -> None:
         self.bus = bus
         self.stats = DecodeStats()
+        mapped = list(mapped)
+        self._types = {m.path: types.get(m.path) or untyped(m) for m in mapped}
         by_message: dict[int, tuple[Message, list[MappedSignal]]] = {}
         for m in mapped:
             key = frame_key(m.message.frame_id, m.message.is_extended_frame)
             by_message.setdefault(key, (m.message, []))[1].append(m)
         self._plans: dict[int, _Plan] = {
-            key: _build_plan(message, members) for key, (message, members) in by_message.items()
+            key: _build_plan(message, members, self._types)
+            for key, (message, members) in by_message.items()
         }
 
     @property
@@ -223,37 +358,43 @@ class Decoder:
         new = tuple.__new__
         append = out.append
         before = len(out)
-        for path, name, scale, offset in outs.linear:
-            value = raw.get(name)
-            if value is not None:
-                append(new(Sample, (path, ts, value * scale + offset)))
-        if not (outs.choice or outs.mapped or outs.floats):
-            self.stats.samples += len(out) - before
-            return
-        for path, name, scale, offset, names in outs.choice:
-            value = raw.get(name)
-            if value is not None:
-                named = names.get(value)
-                append(
-                    new(Sample, (path, ts, named if named is not None else value * scale + offset))
-                )
-        for path, name, table in outs.mapped:
-            value = raw.get(name)
-            if value is not None:
-                result = table.get(value)
-                if result is None:
-                    self.stats.unmapped_values += 1
-                else:
-                    append(new(Sample, (path, ts, result)))
-        for path, name, scale, offset in outs.floats:
+        stats = self.stats
+        for path, name, scale, offset, low, high in outs.ints:
             value = raw.get(name)
             if value is not None:
                 value = value * scale + offset
-                if math.isfinite(value):
+                if low <= value <= high:
                     append(new(Sample, (path, ts, value)))
                 else:
-                    self.stats.nonfinite += 1
-        self.stats.samples += len(out) - before
+                    stats.out_of_range += 1
+        for path, name, num, off, den, low, high in outs.exact:
+            value = raw.get(name)
+            if value is not None:
+                value = (value * num + off) / den
+                if low <= value <= high:
+                    append(new(Sample, (path, ts, value)))
+                else:
+                    stats.out_of_range += 1
+        if not (outs.tables or outs.general):
+            stats.samples += len(out) - before
+            return
+        for path, name, table, missing in outs.tables:
+            value = raw.get(name)
+            if value is not None:
+                result = table.get(value, missing)
+                if result.__class__ is _Drop:
+                    setattr(stats, result.counter, getattr(stats, result.counter) + 1)
+                else:
+                    append(new(Sample, (path, ts, result)))
+        for path, name, convert in outs.general:
+            value = raw.get(name)
+            if value is not None:
+                result = convert(value)
+                if result.__class__ is _Drop:
+                    setattr(stats, result.counter, getattr(stats, result.counter) + 1)
+                else:
+                    append(new(Sample, (path, ts, result)))
+        stats.samples += len(out) - before
 
 
 def _unpack(plan: _Plan, data: bytes | bytearray) -> dict[str, Any]:
@@ -269,5 +410,6 @@ def _unpack(plan: _Plan, data: bytes | bytearray) -> dict[str, Any]:
 def build_decoders(vehicle: Vehicle) -> dict[str, Decoder]:
     """One decoder per configured bus (a bus with no mapped signal decodes nothing)."""
     return {
-        name: Decoder(name, [m for m in vehicle.mapped if m.bus == name]) for name in vehicle.buses
+        name: Decoder(name, [m for m in vehicle.mapped if m.bus == name], vehicle.types)
+        for name in vehicle.buses
     }

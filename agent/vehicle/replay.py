@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import can
 
 from agent.errors import AgentError
+from agent.vehicle.compute import Computer, ComputeStats
 from agent.vehicle.dbc import Vehicle, frame_key
 from agent.vehicle.decode import Decoder, DecodeStats, build_decoders
 from agent.vehicle.model import Sample
@@ -31,6 +32,7 @@ class ReplaySummary:
     seconds: float = 0.0
     log_span_s: float = 0.0
     by_bus: dict[str, DecodeStats] = field(default_factory=dict)
+    computed: ComputeStats = field(default_factory=ComputeStats)
 
     def total(self, name: str) -> int:
         return sum(int(getattr(stats, name)) for stats in self.by_bus.values())
@@ -43,7 +45,11 @@ class ReplaySummary:
             f" short {self.total('short')}, error frames {self.total('error_frames')},"
             f" remote {self.total('remote_frames')}, failed {self.total('failed')};"
             f" unmapped values {self.total('unmapped_values')},"
-            f" non-finite {self.total('nonfinite')}; samples written {self.samples_written}"
+            f" non-finite {self.total('nonfinite')}, invalid values"
+            f" {self.total('invalid_values')}, out of range"
+            f" {self.total('out_of_range') + self.computed.out_of_range};"
+            f" computed {self.computed.computed};"
+            f" samples written {self.samples_written}"
         )
 
 
@@ -130,11 +136,14 @@ def replay(
     decoders = build_decoders(vehicle)
     router = _Router(vehicle, decoders, channel_map or {})
     sampler = Sampler(policies_of(vehicle.loaded.settings.signals))
+    computer = Computer(vehicle.loaded.settings.signals, vehicle.types)
+    feed = computer.feed if computer else None
     summary = ReplaySummary(by_bus={name: d.stats for name, d in decoders.items()})
+    summary.computed = computer.stats
     size = log.stat().st_size
     meter = _Progress(progress, size) if progress is not None else None
     dumps = json.dumps
-    path_json: dict[str, str] = {m.path: dumps(m.path) for m in vehicle.mapped}
+    path_json: dict[str, str] = {s.path: dumps(s.path) for s in vehicle.loaded.settings.signals}
     started = time.monotonic()
     first_ts: float | None = None
     last_ts = 0.0
@@ -159,6 +168,8 @@ def replay(
             last_ts = msg.timestamp
             samples.clear()
             router.route(msg).decode_into(msg, samples)
+            if feed is not None and samples:
+                feed(samples)
             for sample in samples:
                 if every_frame or sampler.offer(sample):
                     out.write(

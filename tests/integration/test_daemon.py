@@ -48,7 +48,8 @@ def test_telemetry_matches_the_simulator_state(
     sub = Subscriber(broker.port)
     daemon = make_daemon(broker.port, scenario=str(scenario))
     with running(daemon):
-        wait_until(lambda: len(_values(sub)) >= 29, 20, "every mapped path in telemetry")
+        # 29 mapped paths and the computed battery power
+        wait_until(lambda: len(_values(sub)) >= 30, 20, "every mapped path in telemetry")
         values = _values(sub)
         message = sub.on("telemetry")[0].json()
         assert message["v"] == 1 and message["vehicle_id"].startswith("TEST-")
@@ -57,7 +58,12 @@ def test_telemetry_matches_the_simulator_state(
     assert soc == pytest.approx(55.5, abs=0.15)
     assert values["Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit"] == 85
     assert values["Vehicle.Powertrain.TractionBattery.Charging.IsCharging"] is False
-    assert values["Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"] is False
+    assert (
+        values[
+            "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected"
+        ]
+        is False
+    )
     assert values["Vehicle.Speed"] == 0
     assert values["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is True
     assert values["Vehicle.Powertrain.Transmission.SelectedGear"] == 126
@@ -176,7 +182,8 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
     with running(daemon):
         # The first state goes out at connect time, before every signal was seen; the periodic
         # one (every 2 s here) carries them all.
-        state = sub.wait_for("state", lambda m: len(m.json()["values"]) == 29).json()
+        # 29 mapped paths and the computed battery power.
+        state = sub.wait_for("state", lambda m: len(m.json()["values"]) == 30).json()
         health = sub.wait_for("health").json()
         # A second health message shows counters moving.
         later = sub.wait_for("health", lambda m: m.json()["uptime_s"] > health["uptime_s"]).json()
@@ -187,7 +194,7 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
     lines = daemon.log.read_text().splitlines()
     assert len(lines) < 60, "one log line per frame would be thousands"
     assert state["values"]["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is True
-    assert len(state["values"]) == 29
+    assert len(state["values"]) == 30
     assert later["buses"]["powertrain"]["received"] > health["buses"]["powertrain"]["received"]
     assert later["buses"]["body"]["decoded"] > 0
     assert later["mqtt"]["connected"] is True
@@ -205,6 +212,9 @@ def test_state_and_health_are_published(broker: Broker, make_daemon: Callable[..
         "unstored_samples",
     }
     assert {"outages", "down_s"} <= set(health["buses"]["powertrain"])
+    # The VSS typing's drops (INTERFACE section 7): none from the reference car.
+    assert later["samples"]["invalid_values"] == later["samples"]["out_of_range"] == 0
+    assert later["buses"]["powertrain"]["invalid_values"] == 0
 
 
 def test_untrusted_command_requests_are_rejected_by_the_daemon(

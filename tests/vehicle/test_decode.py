@@ -46,6 +46,7 @@ def _all_signals_config() -> str:
                     f"    source: {message.name}.{signal.name}",
                     f"    bus: {name}",
                 ]
+    lines.append("vss: {unknown_paths: warn}  # Test.* paths: typed by their mapping")
     return "\n".join(lines) + "\n"
 
 
@@ -80,10 +81,12 @@ def _random_raw(signal: Signal, rng: random.Random) -> int | float:
 
 
 def _expected(signal: Signal, raw: int | float) -> object:
-    """What the agent must emit for `raw`, worked out from the DBC, not from cantools' decoder."""
-    name = dbc.choices_of(signal).get(int(raw)) if not signal.is_float else None
-    if name is not None:
-        return name
+    """What the agent must emit for `raw`, worked out from the DBC, not from cantools' decoder.
+    A choice signal on a path outside the catalog is typed as a string (INTERFACE section 7):
+    a raw value without a name is dropped (None here)."""
+    choices = dbc.choices_of(signal) if not signal.is_float else {}
+    if choices:
+        return choices.get(int(raw))
     return raw * signal.conversion.scale + signal.conversion.offset
 
 
@@ -111,6 +114,7 @@ def test_every_message_round_trips(all_signals: dbc.Vehicle, bus: str, message: 
     """Raw values encoded by cantools come back scaled, choices as names, mux branches only."""
     decoder = build_decoders(all_signals)[bus]
     rng = random.Random(message.frame_id)
+    dropped = 0
     for mux in _branches(message):
         for _ in range(50):
             active = [
@@ -122,7 +126,11 @@ def test_every_message_round_trips(all_signals: dbc.Vehicle, bus: str, message: 
                 raw[selector.name] = mux
             data = message.encode(raw, scaling=False, strict=False)
             got = {s.path: s.value for s in decoder.decode(_frame(message, data))}
-            expected = {f"Test.{message.name}.{s.name}": _expected(s, raw[s.name]) for s in active}
+            everything = {
+                f"Test.{message.name}.{s.name}": _expected(s, raw[s.name]) for s in active
+            }
+            expected = {path: value for path, value in everything.items() if value is not None}
+            dropped += len(everything) - len(expected)
             assert set(got) == set(expected)
             for path, value in expected.items():
                 if isinstance(value, float):
@@ -131,6 +139,7 @@ def test_every_message_round_trips(all_signals: dbc.Vehicle, bus: str, message: 
                     assert got[path] == value, path
     assert decoder.stats.failed == 0
     assert decoder.stats.frames == decoder.stats.decoded
+    assert decoder.stats.invalid_values == dropped
 
 
 def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
@@ -147,7 +156,7 @@ def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
         pt.by_name["BMS_Range"],
         {"BMS_RangeEst": 312.4, "BMS_EnergyRemaining": 50, "BMS_CapacityNominal": 75},
     )
-    assert got["Vehicle.Powertrain.TractionBattery.Range"] == pytest.approx(312_400.0)
+    assert got["Vehicle.Powertrain.TractionBattery.Range"] == 312_400  # VSS: uint32 metres
 
     got = run(
         "powertrain",
@@ -161,7 +170,12 @@ def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
             "OBC_ChargeTimeRemaining": 90,
         },
     )
-    assert got["Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected"] is True
+    assert (
+        got[
+            "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected"
+        ]
+        is True
+    )
     assert got["Vehicle.Powertrain.TractionBattery.Charging.IsCharging"] is True
     assert got["Vehicle.Powertrain.TractionBattery.Charging.ChargeLimit"] == 80
 
@@ -181,7 +195,7 @@ def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
     assert got["Vehicle.Powertrain.Transmission.SelectedGear"] == -1
     assert got["Vehicle.Powertrain.Transmission.IsParkLockEngaged"] is False
     assert got["Vehicle.LowVoltageSystemState"] == "ACC"
-    assert got["Vehicle.TraveledDistance"] == pytest.approx(12345.6)
+    assert got["Vehicle.TraveledDistance"] == 12_345_600  # VSS: uint32 metres
 
     got = run(
         "body",
@@ -201,7 +215,7 @@ def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
     assert got["Vehicle.Cabin.HVAC.IsAirConditioningActive"] is True  # raw-number map key
     assert got["Vehicle.Exterior.AirTemperature"] == pytest.approx(-7.5)
     assert got["Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature"] == pytest.approx(21.5)
-    assert got["Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed"] == pytest.approx(100.0, abs=1e-3)
+    assert got["Vehicle.Cabin.HVAC.Station.Row1.Driver.FanSpeed"] == 100  # VSS: uint8 percent
 
     tpms = body.by_name["TPMS_Status"]
     got = run(
@@ -214,7 +228,7 @@ def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
             "TPMS_SensorBatteryLow": "OK",
         },
     )
-    assert got == {"Vehicle.Chassis.Axle.Row2.Wheel.Left.Tire.Pressure": pytest.approx(210.0)}
+    assert got == {"Vehicle.Chassis.Axle.Row2.Wheel.Left.Tire.Pressure": 210}  # uint16 kPa
 
     got = run(
         "body",
@@ -232,7 +246,7 @@ def test_demo_transforms(demo_vehicle: dbc.Vehicle) -> None:
         },
     )
     assert got["Vehicle.Service.DistanceToService"] == -120
-    assert got["Vehicle.Service.TimeToService"] == pytest.approx(-3 * 86400.0)
+    assert got["Vehicle.Service.TimeToService"] == -3 * 86400  # VSS: int32 seconds
     assert got["Vehicle.Service.IsServiceDue"] is True
     assert got["Vehicle.LowVoltageBattery.CurrentVoltage"] == pytest.approx(11.7)
 
@@ -256,7 +270,10 @@ def test_map_miss_is_dropped_and_counted(demo_vehicle: dbc.Vehicle) -> None:
     )
     paths = {s.path for s in decoder.decode(_frame(obc, data))}
     assert "Vehicle.Powertrain.TractionBattery.Charging.IsCharging" not in paths
-    assert "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected" in paths
+    assert (
+        "Vehicle.Powertrain.TractionBattery.Charging.ChargingPort.AnyPosition.IsChargingCableConnected"
+        in paths
+    )
     assert decoder.stats.unmapped_values == 1
 
 
@@ -287,8 +304,10 @@ def test_float_nan_is_dropped_and_counted(tmp_path: Path) -> None:
     cfg.write_text(
         f"vehicle_id: F\ncan:\n  buses:\n    - {{name: b, interface: virtual, channel: f, "
         f"dbc: [{dbc_file}]}}\nsignals:\n  - {{path: Test.Val, source: Val}}\n"
+        "vss: {unknown_paths: warn}\n"
     )
-    decoder = Decoder("b", dbc.load_vehicle(config.load(cfg)).mapped)
+    vehicle = dbc.load_vehicle(config.load(cfg))
+    decoder = Decoder("b", vehicle.mapped, vehicle.types)
     import struct
 
     assert decoder.decode(Frame(1, struct.pack("<f", float("nan")))) == []
@@ -394,10 +413,10 @@ def test_nested_multiplexing_falls_back_to_cantools(tmp_path: Path) -> None:
     cfg.write_text(
         f"vehicle_id: N\ncan:\n  buses:\n    - {{name: b, interface: virtual, channel: n, "
         f"dbc: [{dbc_file}]}}\nsignals:\n  - {{path: Test.Deep, source: Deep}}\n"
-        "  - {path: Test.Other, source: Other}\n"
+        "  - {path: Test.Other, source: Other}\nvss: {unknown_paths: warn}\n"
     )
     vehicle = dbc.load_vehicle(config.load(cfg))
-    decoder = Decoder("b", vehicle.mapped)
+    decoder = Decoder("b", vehicle.mapped, vehicle.types)
     message = vehicle.buses["b"].by_name["Nested"]
     deep = message.encode({"Outer": 1, "Inner": 2, "Deep": 21.5}, strict=False)
     other = message.encode({"Outer": 1, "Inner": 3, "Other": 200}, strict=False)
