@@ -359,7 +359,11 @@ class Executor:
             if handler is None:
                 status, detail = "failed", f"{definition.builtin} is not available on this car"
             else:
-                status, detail = handler(params)
+                try:
+                    status, detail = handler(params)
+                except Exception as exc:  # a stage's bug must cost a command, not the daemon
+                    log.error("command_handler_failed", command=resolved.name, error=repr(exc))
+                    status, detail = "failed", f"{definition.builtin} failed: {type(exc).__name__}"
         else:
             status, detail = await self._send_frames(resolved, params)
             if status == "succeeded" and resolved.feedback is not None:

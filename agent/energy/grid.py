@@ -26,6 +26,8 @@ from agent.errors import StoreError
 
 log = structlog.get_logger("agent.energy.grid")
 _NOTHING = object()
+# Stored instead of a signal after grid.clear or expiry, until the car has taken the lift.
+_LIFT_PENDING = '{"lift_pending": true}'
 
 
 class GridSignal(BaseModel):
@@ -119,17 +121,29 @@ class GridRunner:
         except StoreError as exc:
             return "failed", f"cannot store the grid signal: {exc}"
         self.signal = signal
-        self.on_change()
+        self._changed()
         return "succeeded", None
 
     def clear(self, _params: Mapping[str, Any]) -> tuple[str, str | None]:
         try:
-            self._store.save_grid(None)
+            self._forget()
         except StoreError as exc:
             return "failed", f"cannot clear the grid signal: {exc}"
         self.signal = None
-        self.on_change()
+        self._changed()
         return "succeeded", None
+
+    def _forget(self) -> None:
+        """No signal any more. While a cap the grid asked for may still be on the car, the
+        store keeps a marker instead of nothing, so that a restart lifts it (raises
+        StoreError)."""
+        self._store.save_grid(_LIFT_PENDING if self._sent is not None else None)
+
+    def _changed(self) -> None:
+        try:
+            self.on_change()
+        except Exception as exc:  # the schedule's re-plan failed: the grid runner carries on
+            log.error("grid_replan_failed", error=repr(exc))
 
     # --- for the schedule runner and P/state ----------------------------------------------
     def current(self) -> GridSignal | None:
@@ -154,12 +168,13 @@ class GridRunner:
             return
         if saved is None:
             return
+        self._sent = _NOTHING  # whatever was asked of the car before: ask again, or lift
+        if saved == _LIFT_PENDING:
+            return
         try:
             self.signal = GridSignal.model_validate(json.loads(saved))
         except (ValueError, ValidationError) as exc:
             log.error("grid_signal_not_loaded", error=str(exc).splitlines()[0])
-            return
-        self._sent = _NOTHING
 
     async def run(self) -> None:
         """Every second: expiry, and the limit in force carried out (call `load` first)."""
@@ -173,11 +188,11 @@ class GridRunner:
         if signal is not None and signal.valid_until.timestamp() <= now:
             self.signal = signal = None
             try:
-                self._store.save_grid(None)
+                self._forget()
             except StoreError as exc:
                 log.error("grid_signal_not_cleared", error=str(exc))
             self._event("grid_signal_expired", {})
-            self.on_change()
+            self._changed()
         limit = signal.limit_at(datetime.fromtimestamp(now, UTC)) if signal else None
         wanted = _InForce(limit.start, limit.end, limit.max_power_kw) if limit else None
         if wanted != self.in_force:
@@ -198,6 +213,11 @@ class GridRunner:
             if self._failed is not _NOTHING:
                 log.info("grid_power_cap_sent", max_power_kw=cap)
             self._sent, self._failed = cap, _NOTHING
+            if cap is None and self.signal is None:
+                try:  # the lift is done: nothing left to remember
+                    self._store.save_grid(None)
+                except StoreError as exc:
+                    log.error("grid_signal_not_cleared", error=str(exc))
         elif self._failed != cap:
             self._failed = cap
             log.error("grid_power_cap_failed", max_power_kw=cap, error=error)

@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -45,6 +45,7 @@ class _Active:
     commanded: bool | None = None
     cable: bool | None = True
     last_replan: float = 0.0
+    grid_tariff: list[TariffInterval] = field(default_factory=list)  # the grid's, last seen
 
 
 def _slot_json(slot: Slot) -> dict[str, Any]:
@@ -143,14 +144,18 @@ class ScheduleRunner:
         if own is not None:
             tariff = [TariffInterval.model_validate(t) for t in own]
         else:
-            tariff = self._grid_tariff()
+            # The grid's tariff; once the signal is gone (cleared, expired), the one it last
+            # had, rather than no tariff and no charging.
+            tariff = self._grid_tariff() or active.grid_tariff
+            active.grid_tariff = tariff
         signal = self._grid()
         # CO2 counts only where every interval says how clean it is.
         weighted = all(iv.co2_g_per_kwh is not None for iv in tariff)
         return Problem(
             now=datetime.fromtimestamp(now, UTC),
             departure=active.departure,
-            soc_pct=soc,
+            # A reading past the ends (a DBC's 102.3 % for raw 0x3FF) must not fail the plan.
+            soc_pct=min(100.0, max(0.0, soc)),
             target_soc_pct=active.target,
             capacity_kwh=self._settings.capacity_kwh,
             max_power_kw=self._settings.max_power_kw,
@@ -197,7 +202,11 @@ class ScheduleRunner:
         for _ in range(30):  # wait for the state of charge to be known after a start
             soc = self._values().get(SOC)
             if isinstance(soc, int | float):
-                self._start(json.loads(saved), float(soc), "resumed_after_restart")
+                try:
+                    self._start(json.loads(saved), float(soc), "resumed_after_restart")
+                except (ValueError, KeyError, TypeError) as exc:  # a stored request gone bad
+                    log.error("schedule_not_resumed", reason=str(exc).splitlines()[0])
+                    self.active = None
                 return
             await asyncio.sleep(1.0)
         log.error("schedule_not_resumed", reason="state of charge unknown")

@@ -218,3 +218,38 @@ async def test_co2_weight_moves_a_grid_schedule_to_cleaner_hours(store: CommandS
     rig.grid.accept({"tariff": _signal(tariff=True)["tariff"], "valid_until": at(24 * 60)})
     rig.schedule.accept({"departure": at(240), "target_soc_pct": 70.0})
     assert _slots(rig.events[-1][1]) == [(at(210), at(240))]
+
+
+async def test_a_cap_is_lifted_after_a_restart_even_when_the_lift_failed_before(
+    store: CommandStore,
+) -> None:
+    """grid.clear inside a 0 kW window while the bus refuses the lift, then a restart: the
+    new run still lifts the cap the car was left with."""
+    rig = Rig(store)
+    rig.grid.accept(_signal(0.0))
+    await rig.tick_at(15)
+    assert rig.caps == [0.0]
+    rig.refuse = True
+    rig.grid.clear({})
+    await rig.tick_at(16)
+    assert rig.caps == [0.0, None]  # refused
+    again = Rig(store)
+    again.grid.load()
+    await again.tick_at(17)
+    assert again.caps == [None] and again.grid.current() is None
+    assert store.load_grid() is None  # taken: nothing left to remember
+    await again.tick_at(18)
+    assert again.caps == [None]
+
+
+async def test_a_state_of_charge_past_100_does_not_break_a_schedule(store: CommandStore) -> None:
+    """A DBC's out-of-range reading (102.3 % for raw 0x3FF) must cost nothing but a plan."""
+    rig = ScheduleRig(store)
+    rig.values[SOC] = 102.3
+    rig.grid.accept({"tariff": _signal(tariff=True)["tariff"], "valid_until": at(60)})
+    assert rig.schedule.accept({"departure": at(240), "target_soc_pct": 70.0})[0] == "succeeded"
+    rig.values[SOC] = 60.0
+    rig.now = (T0 + timedelta(minutes=61)).timestamp()
+    await rig.grid.tick()  # the signal expires: the schedule keeps the tariff it had
+    name, data = rig.events[-1]
+    assert name == "replan" and data["slots"], rig.events[-3:]
