@@ -1,14 +1,11 @@
 #!/bin/sh
-# The real init inside the virtual machine that tests/vcan/run.sh boots (vm-initramfs.sh hands
-# over to it): make vcan0 (CAN FD) and vcan1, run the vcan tests, write their exit code,
-# power off. The root file system is the host's own (9p), so the project's virtualenv,
-# mosquitto and can-utils are all here; the CAN modules were loaded by the initramfs.
+# PID 1 inside User-Mode Linux (see run.sh): load CAN modules, make vcan0 (CAN FD) and
+# vcan1, run the vcan tests, write their exit code, power off. The root file system is the
+# host's own (hostfs), so the project's virtualenv, mosquitto and can-utils are all here.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# Over the host's own /proc, /sys and /dev as seen through 9p: this kernel's.
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mkdir -p /dev/shm /dev/pts && mount -t tmpfs tmpfs /dev/shm && mount -t devpts devpts /dev/pts
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 OUT="$VA_OUT"
 . "$OUT/env.sh"
 # Scratch space in memory, inside the output folder: not over /tmp, where the checkout itself
@@ -16,6 +13,11 @@ OUT="$VA_OUT"
 mkdir -p "$OUT/tmp" && mount -t tmpfs -o size=512m tmpfs "$OUT/tmp"
 export TMPDIR="$OUT/tmp"
 {
+    M="$VA_MODULES"
+    for mod in net/can/can.ko net/can/can-raw.ko drivers/net/can/dev/can-dev.ko \
+               drivers/net/can/vcan.ko; do
+        insmod "$M/$mod" || echo "insmod $mod failed"
+    done
     ip link set lo up
     ip link add dev vcan0 type vcan && ip link set vcan0 mtu 72 && ip link set up vcan0
     ip link add dev vcan1 type vcan && ip link set up vcan1
