@@ -2,11 +2,11 @@
 # Installs the User-Mode Linux kernel that tests/vcan/run.sh boots, into UML_HOME (default
 # /opt/vehicle-agent-uml), without touching the system's packages. Needs root, apt and patchelf.
 #
-# Why not bookworm's (or trixie's) package user-mode-linux: its kernel (6.1, 6.12) gives the
+# Why not bookworm's (or trixie's) package user-mode-linux: its kernel (6.1, 6.12) hands the
 # floating-point state to ptrace in a buffer of fixed size; on a CPU with AMX the host's XSAVE
-# area is larger, PTRACE_SETREGSET fails with EFAULT ("userspace - ptrace set fp regs failed,
-# errno = 14") and the first process dies with SIGSEGV. Unstable's (7.x) sizes it from the
-# host. It needs a newer C library than bookworm's, so both packages are downloaded through apt
+# area is larger (10,688 bytes here), PTRACE_SETREGSET fails with EFAULT ("userspace - ptrace
+# set fp regs failed, errno = 14") and init dies at once with SIGSEGV. Unstable's (7.2) boots
+# there. It needs a newer C library than bookworm's, so both packages are downloaded through apt
 # with a private source list (the machine's own Debian mirror, suite unstable), unpacked here,
 # and the kernel binary is pointed at the unpacked C library (interpreter and run path).
 set -euo pipefail
