@@ -22,6 +22,7 @@ import can
 import structlog
 
 from agent.campaigns.engine import CampaignEngine, capture_payload
+from agent.campaigns.engine import parts as capture_parts
 from agent.campaigns.spec import Campaign
 from agent.commands import definitions
 from agent.commands.auth import Verifier
@@ -238,7 +239,13 @@ class Agent:
                     "campaign.remove": campaigns.remove,
                 }
             )
-            self.executor.validators["campaign.apply"] = campaigns.validate
+            self.executor.validators.update(
+                {
+                    "campaign.apply": campaigns.validate,
+                    "campaign.remove": campaigns.validate_remove,
+                    "grid.signal": grid.validate,
+                }
+            )
             if settings.diagnostics.ecus:
                 self.executor.read_dtcs = dtc_reader.read
             self._dtc_reader = dtc_reader
@@ -350,14 +357,22 @@ class Agent:
 
     def _publish_capture(self, campaign: Campaign, trigger_ts: float, samples: list[Any]) -> None:
         vehicle_id = self.settings.vehicle_id
-        self._outbox.append(
-            "campaign",
-            f"campaigns/{campaign.id}",
-            lambda seq: capture_payload(vehicle_id, campaign, seq, trigger_ts, samples),
-            stream=f"campaign/{campaign.id}",
-            items=len(samples),
-            priority=campaign.priority,
-        )
+        chunks = capture_parts(samples)
+        for number, chunk in enumerate(chunks, start=1):
+
+            def payload(seq: int, chunk: list[Any] = chunk, number: int = number) -> bytes:
+                return capture_payload(
+                    vehicle_id, campaign, seq, trigger_ts, chunk, number, len(chunks)
+                )
+
+            self._outbox.append(
+                "campaign",
+                f"campaigns/{campaign.id}",
+                payload,
+                stream=f"campaign/{campaign.id}",
+                items=len(chunk),
+                priority=campaign.priority,
+            )
         if self.uplink is not None:
             self.uplink.notify()
 

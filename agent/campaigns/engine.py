@@ -31,6 +31,7 @@ log = structlog.get_logger("agent.campaigns")
 
 TICK_S = 0.1  # conditions, periodic triggers, captures and expiry: ten times a second
 SETTLE_S = 0.3  # after a post-trigger window, for its last frames to arrive
+WALL_SLACK_S = 2.0  # ... and by the wall clock, when no frame says the window has passed
 TRIGGER_EVENTS_EVERY_S = 60.0
 # `triggered` events of one campaign: at most one a minute
 
@@ -54,9 +55,10 @@ class _Capture:
     trigger_ts: float
     end: float
     samples: list[Sample]  # the pre-trigger part, taken at the trigger
-    # Per path, the time of the last sample already taken: the rest comes at the end (a
+    # Per path, the time of the last sample already taken: the rest comes on later ticks (a
     # sample of another signal in the very frame of the trigger arrives after it).
     taken_until: dict[str, float]
+    deadline: float  # wall clock: the window ends by then even if frames stop coming
 
 
 @dataclass(slots=True)
@@ -114,8 +116,12 @@ class CampaignEngine:
         """campaign.apply's parameters beyond their type; CampaignError names the problem."""
         checked = check(params.get("campaign"), self._mapped)
         campaign = checked.campaign
+        if campaign.expires.timestamp() <= self._clock():
+            raise CampaignError("campaign.expires: it is in the past")
         others = sum(
-            r.campaign.memory_bytes for cid, r in self._campaigns.items() if cid != campaign.id
+            r.campaign.memory_bytes
+            for cid, r in self._campaigns.items()
+            if cid != campaign.id and r.state != "expired"
         )
         if others + campaign.memory_bytes > self._max_memory:
             raise CampaignError(
@@ -130,6 +136,11 @@ class CampaignEngine:
                 f"{old.campaign.version} in place"
             )
 
+    def validate_remove(self, params: Mapping[str, Any]) -> None:
+        """campaign.remove of an id the car does not have is BAD_PARAMS, before accepted."""
+        if params.get("id") not in self._campaigns:
+            raise CampaignError(f"id: no campaign {params.get('id')!r} on this car")
+
     def apply(self, params: Mapping[str, Any]) -> tuple[str, str | None]:
         try:
             self.validate(params)
@@ -142,7 +153,11 @@ class CampaignEngine:
         except StoreError as exc:
             return "failed", f"cannot store the campaign: {exc}"
         replaced = self._campaigns.get(campaign.id)
+        if replaced is not None:
+            self._finish_capture(replaced, force=True)  # what it caught goes out first
         self._install(checked)  # replaces the old version in one step
+        if replaced is not None:  # min_interval_s holds across versions
+            self._campaigns[campaign.id].last_trigger = replaced.last_trigger
         self._event(
             "accepted",
             {
@@ -164,6 +179,7 @@ class CampaignEngine:
             self._store.save_campaign(running.campaign.id, None)
         except StoreError as exc:
             return "failed", f"cannot remove the campaign: {exc}"
+        self._finish_capture(running, force=True)
         del self._campaigns[running.campaign.id]
         self._rewire()
         self._event(
@@ -278,7 +294,8 @@ class CampaignEngine:
         holds = checked.condition.evaluate(values, {})
         edge = holds and (trigger.mode == "always" or not running.was_true)
         running.was_true = holds
-        if edge and ts - running.last_trigger >= trigger.min_interval_s:
+        since = ts - running.last_trigger
+        if edge and (since >= trigger.min_interval_s or since < 0):  # < 0: the clock stepped back
             self._trigger(running, ts)
 
     def _trigger(self, running: _Running, ts: float) -> None:
@@ -294,7 +311,8 @@ class CampaignEngine:
             for t, v in ring.between(start, ts):
                 pre.append(Sample(path, t, v))
                 taken[path] = t
-        running.capture = _Capture(ts, ts + campaign.post_trigger_s, pre, taken)
+        deadline = self._clock() + campaign.post_trigger_s + WALL_SLACK_S
+        running.capture = _Capture(ts, ts + campaign.post_trigger_s, pre, taken, deadline)
         try:
             self._store.note_trigger(campaign.id, ts)
         except StoreError as exc:  # min_interval_s then holds until a restart only
@@ -319,9 +337,15 @@ class CampaignEngine:
             await asyncio.sleep(TICK_S)
             self.tick()
 
+    def _frame_now(self) -> float | None:
+        """The newest frame time seen: captures and periodic triggers run on the frames'
+        clock (which may be an interface's uptime, not the wall clock)."""
+        return max(self._latest_ts.values()) if self._latest_ts else None
+
     def tick(self) -> None:
         self._conditions_due()
         now = self._clock()
+        frame_now = self._frame_now()
         changed = False
         for running in list(self._campaigns.values()):
             campaign = running.campaign
@@ -340,8 +364,9 @@ class CampaignEngine:
             period = getattr(campaign.trigger, "period_s", None)
             if period is not None and now >= running.next_period:
                 running.next_period = now + period
-                self._trigger(running, now)
-            self._finish_capture(running, force=False)
+                self._trigger(running, frame_now if frame_now is not None else now)
+            self._drain(running, frame_now)
+            self._finish_capture(running, force=False, frame_now=frame_now)
         if changed:
             self._rewire()
 
@@ -366,29 +391,63 @@ class CampaignEngine:
             },
         )
 
-    def _finish_capture(self, running: _Running, *, force: bool) -> None:
+    def _drain(self, running: _Running, frame_now: float | None) -> None:
+        """Move what the rings caught since the last tick into the open capture, so that a
+        ring smaller than the post-trigger window loses nothing of it."""
         capture = running.capture
-        if capture is None or (not force and self._clock() < capture.end + SETTLE_S):
+        if capture is None:
             return
-        running.capture = None
         start = capture.trigger_ts - running.campaign.pre_trigger_s
-        post = []
+        until = capture.end if frame_now is None else min(capture.end, frame_now)
         for path, ring in running.rings.items():
             after = capture.taken_until.get(path)
-            for t, v in ring.between(start, capture.end):
+            for t, v in ring.between(start, until):
                 if after is None or t > after:
-                    post.append(Sample(path, t, v))
-        samples = sorted(capture.samples + post, key=lambda s: (s.ts, s.path))
+                    capture.samples.append(Sample(path, t, v))
+                    after = t
+            if after is not None:
+                capture.taken_until[path] = after
+
+    def _finish_capture(
+        self, running: _Running, *, force: bool, frame_now: float | None = None
+    ) -> None:
+        capture = running.capture
+        if capture is None:
+            return
+        done = (frame_now is not None and frame_now >= capture.end + SETTLE_S) or (
+            self._clock() >= capture.deadline  # frames stopped: the window ends anyway
+        )
+        if not (force or done):
+            return
+        self._drain(running, None)
+        running.capture = None
+        samples = sorted(capture.samples, key=lambda s: (s.ts, s.path))
         try:
             self._publish(running.campaign, capture.trigger_ts, samples)
         except Exception as exc:  # the outbox counted it; the campaign carries on
             log.error("campaign_capture_dropped", campaign=running.campaign.id, error=str(exc))
 
 
+MESSAGE_SAMPLES = 1000  # a capture goes out in messages of at most this many samples
+
+
+def parts(samples: list[Sample]) -> list[list[Sample]]:
+    """A capture cut into messages (at least one, possibly empty), in time order."""
+    return [samples[i : i + MESSAGE_SAMPLES] for i in range(0, len(samples), MESSAGE_SAMPLES)] or [
+        []
+    ]
+
+
 def capture_payload(
-    vehicle_id: str, campaign: Campaign, seq: int, trigger_ts: float, samples: list[Sample]
+    vehicle_id: str,
+    campaign: Campaign,
+    seq: int,
+    trigger_ts: float,
+    samples: list[Sample],
+    part: int = 1,
+    of: int = 1,
 ) -> bytes:
-    """The `P/campaigns/{id}` message (INTERFACE section 9)."""
+    """One `P/campaigns/{id}` message (INTERFACE section 9): a capture, or one of its parts."""
     body = {
         "v": 1,
         "vehicle_id": vehicle_id,
@@ -396,6 +455,8 @@ def capture_payload(
         "version": campaign.version,
         "seq": seq,
         "trigger_ts": round(trigger_ts, 6),
+        "part": part,
+        "parts": of,
         "samples": [{"path": s.path, "ts": s.ts, "value": s.value} for s in samples],
     }
     return json.dumps(body, separators=(",", ":")).encode()

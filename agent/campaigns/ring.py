@@ -46,7 +46,9 @@ class Ring:
         return self._size
 
     def add(self, ts: float, value: Value) -> None:
-        if ts - self.last_ts < self._min_gap - 1e-6:  # float noise must not drop a frame
+        # Float noise must not drop a frame; a clock stepped back (or a log played again)
+        # starts the interval afresh rather than refusing every sample until it catches up.
+        if 0.0 <= ts - self.last_ts < self._min_gap - 1e-6:
             return
         kind = type(value)
         if kind is not self._kind:
@@ -54,6 +56,8 @@ class Ring:
                 self._kind = kind
                 if kind is str:
                     self._strings = [""] * self._n
+            elif self._kind is int and kind is float:
+                self._kind = float  # a computed path may give both: numbers are doubles here
             elif not (self._kind is float and kind is int):
                 return  # one type per path (the decoder types them); nothing else is kept
         i = self._next

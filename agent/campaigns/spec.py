@@ -39,6 +39,7 @@ BYTES_PER_WINDOW_SAMPLE = 110  # a tuple of two floats in a deque
 BYTES_PER_CAMPAIGN = 16_384  # the model, the compiled condition, state
 MAX_SAMPLES_PER_SIGNAL = 100_000
 MAX_SIGNALS = 200
+MAX_CAMPAIGN_SAMPLES = 50_000  # all its rings together: a capture of at most twice that
 MAX_WINDOW_S = 3600.0
 _WINDOW = re.compile(
     r"\b(avg|min|max)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*,"
@@ -80,15 +81,21 @@ class ConditionTrigger(BaseModel):
         return self
 
 
-def _trigger_kind(value: Any) -> str:
+def _trigger_kind(value: Any) -> str | None:
     if isinstance(value, PeriodicTrigger) or (isinstance(value, dict) and "period_s" in value):
         return "periodic"
-    return "condition"
+    if isinstance(value, ConditionTrigger) or (isinstance(value, dict) and "condition" in value):
+        return "condition"
+    return None  # neither: pydantic reports that the tag cannot be found
 
 
 Trigger = Annotated[
     Annotated[PeriodicTrigger, Tag("periodic")] | Annotated[ConditionTrigger, Tag("condition")],
-    Discriminator(_trigger_kind),
+    Discriminator(
+        _trigger_kind,
+        custom_error_type="trigger_kind",
+        custom_error_message="give either period_s, or a condition (with mode, min_interval_s)",
+    ),
 ]
 
 
@@ -109,6 +116,11 @@ class Campaign(BaseModel):
         paths = [s.path for s in self.signals]
         if len(set(paths)) != len(paths):
             raise ValueError("a signal path is listed twice")
+        total = sum(s.max_samples for s in self.signals)
+        if total > MAX_CAMPAIGN_SAMPLES:
+            raise ValueError(
+                f"its signals' max_samples add up to {total}; at most {MAX_CAMPAIGN_SAMPLES}"
+            )
         if self.start is not None and self.start >= self.expires:
             raise ValueError("expires is not after start")
         return self

@@ -26,6 +26,7 @@ MAX_TOKEN_BYTES = 16 * 1024
 # campaign.apply and campaign.remove only: a campaign names many signals. Every other command
 # is refused above MAX_TOKEN_BYTES once its claims are read.
 MAX_CAMPAIGN_TOKEN_BYTES = 64 * 1024
+LARGE_COMMANDS = frozenset({"campaign.apply", "campaign.remove"})
 
 REASONS = (
     "MALFORMED",
@@ -159,11 +160,11 @@ class Verifier:
         command = claims.get("cmd")
         if not isinstance(command, str) or not command:
             raise AuthError("MALFORMED", "cmd must be a non-empty string", jti)
-        if len(token) > MAX_TOKEN_BYTES and not command.startswith("campaign."):
+        if len(token) > MAX_TOKEN_BYTES and command not in LARGE_COMMANDS:
             raise AuthError(
                 "MALFORMED",
                 f"token of {len(token)} bytes is over {MAX_TOKEN_BYTES} "
-                "(64 KiB only for campaign.*)",
+                "(64 KiB only for campaign.apply and campaign.remove)",
                 jti,
             )
         params = claims.get("params", {})

@@ -109,6 +109,12 @@ class GridRunner:
         self._failed: float | object | None = _NOTHING
 
     # --- commands (synchronous, from the executor) -------------------------------------
+    def validate(self, params: Mapping[str, Any]) -> None:
+        """grid.signal's parameters as a whole, at admission: ValueError is BAD_PARAMS."""
+        signal = parse_signal(params)
+        if signal.valid_until.timestamp() <= self._clock():
+            raise ValueError("valid_until: it is in the past")
+
     def accept(self, params: Mapping[str, Any]) -> tuple[str, str | None]:
         try:
             signal = parse_signal(params)

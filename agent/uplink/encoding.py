@@ -53,8 +53,13 @@ class TelemetryEncoder:
 def content_type(payload: bytes) -> str:
     """The content type of a telemetry payload, from its bytes."""
     compressed = payload[:4] == ZSTD_MAGIC
-    inner = decompress(payload) if compressed else payload
-    encoding = "json" if inner[:1] == b"{" else "cbor"
+    if compressed:  # one byte of the content tells; no need to decompress it all
+        import zstandard
+
+        inner = zstandard.ZstdDecompressor().stream_reader(payload).read(1)
+    else:
+        inner = payload[:1]
+    encoding = "json" if inner == b"{" else "cbor"
     return CONTENT_TYPES[(encoding, "zstd" if compressed else "none")]
 
 

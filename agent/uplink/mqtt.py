@@ -446,10 +446,12 @@ class Uplink:
         """MQTT 5: a response's correlation data; telemetry's content type when it is not plain
         JSON (CBOR, zstd), read from the payload so that older records are labelled as they
         are. Plain JSON goes without one: no bytes spent on saying the default."""
+        if not self.v5:
+            return None
         kind = None
         if record.kind == "telemetry" and record.payload[:1] != b"{":
             kind = content_type(record.payload)
-        if not self.v5 or (record.correlation is None and kind is None):
+        if record.correlation is None and kind is None:
             return None
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if record.correlation is not None:

@@ -267,3 +267,74 @@ def test_windows_match_a_plain_computation_over_random_samples() -> None:
     # A log played again from its start: the window starts afresh.
     windows["max"].add(1.0, -100.0)
     assert windows["max"].value("max", 1.0) == -100.0
+
+
+def test_a_ring_smaller_than_the_post_window_loses_nothing_of_it(store: CommandStore) -> None:
+    """The rings are drained into the open capture on every tick: 100 samples of ring, a
+    20 s post-trigger window at 10 Hz, and the capture still has every sample of it."""
+    rig = Rig(store)
+    body = heat(
+        signals=[{"path": TEMP, "max_samples": 100}],
+        trigger={"condition": f"{TEMP} > 45"},
+        pre_trigger_s=5,
+        post_trigger_s=20,
+    )
+    rig.engine.apply({"campaign": body})
+    rig.feed(0, 60, lambda t: 50.0 if t >= 10 else 20.0)
+    (_, _, trigger_ts, samples) = rig.published[0]
+    assert trigger_ts == pytest.approx(T0 + 10)
+    times = [round(s.ts - T0, 1) for s in samples]
+    assert times == [round(5 + k / 10, 1) for k in range(251)]  # 5 s before to 20 s after
+
+
+def test_a_new_version_or_a_remove_publishes_the_open_capture_first(store: CommandStore) -> None:
+    rig = Rig(store)
+    body = heat(trigger={"condition": f"{TEMP} > 45", "min_interval_s": 600}, post_trigger_s=30)
+    rig.engine.apply({"campaign": body})
+    rig.feed(0, 12, lambda t: 50.0 if t >= 10 else 20.0)  # triggered at 10, window open
+    assert rig.published == []
+    rig.engine.apply({"campaign": {**body, "version": 2}})
+    assert [(c, v) for c, v, _, _ in rig.published] == [("battery-heat", 1)]
+    rig.feed(12, 20, lambda t: 20.0)
+    rig.feed(20, 30, lambda t: 50.0)  # a new edge, but within v1's min_interval_s
+    rig.engine.remove({"id": "battery-heat"})
+    assert len(rig.published) == 1
+    with pytest.raises(CampaignError, match="no campaign 'battery-heat'"):
+        rig.engine.validate_remove({"id": "battery-heat"})
+
+
+def test_expired_campaigns_free_their_budget_and_past_expiry_is_refused(
+    store: CommandStore,
+) -> None:
+    budget = Campaign.model_validate(heat()).memory_bytes + 1000
+    rig = Rig(store, budget=budget)
+    rig.engine.apply({"campaign": heat(expires=iso(10))})
+    rig.now = T0 + 11
+    rig.engine.tick()
+    assert rig.engine.state()[0]["state"] == "expired"
+    assert rig.engine.apply({"campaign": heat(id="next")}) == ("succeeded", None)
+    with pytest.raises(CampaignError, match="expires: it is in the past"):
+        rig.engine.validate({"campaign": heat(id="late", expires=iso(5))})
+
+
+def test_a_capture_goes_out_in_parts_of_at_most_a_thousand_samples() -> None:
+    from agent.campaigns.engine import MESSAGE_SAMPLES, capture_payload, parts
+
+    samples = [Sample(TEMP, T0 + k, float(k)) for k in range(2500)]
+    chunks = parts(samples)
+    assert [len(c) for c in chunks] == [1000, 1000, 500] and MESSAGE_SAMPLES == 1000
+    campaign = Campaign.model_validate(heat())
+    import json
+
+    body = json.loads(capture_payload("V1", campaign, 7, T0, chunks[2], 3, 3))
+    assert (body["seq"], body["part"], body["parts"], len(body["samples"])) == (7, 3, 3, 500)
+    assert parts([]) == [[]]  # an empty capture is still one (empty) message
+
+
+def test_a_ring_survives_a_clock_step_back_and_a_path_that_turns_float() -> None:
+    ring = Ring(10)
+    for k in range(5):
+        ring.add(100.0 + k, k)
+    ring.add(50.0, 2.5)  # the clock stepped back 54 s; an int path now gives a float
+    ring.add(51.0, 3)
+    assert [v for _, v in ring.between(0, 200)] == [0, 1, 2, 3, 4, 2.5, 3]
