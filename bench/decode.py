@@ -105,14 +105,18 @@ def main() -> None:
     # paths it reads, which fill a ring and evaluate the condition, and nothing is published.
     engine = _idle_campaign(frozenset(m.path for m in vehicle.mapped))
     tap_paths, tap = engine.paths, engine.tap
+    tap_ids = {m.message.frame_id for m in vehicle.mapped if m.path in tap_paths}
 
     def agent_path_idle_campaign() -> int:
         out: list[Sample] = []
         for decoder, msg in routed:
             start = len(out)
             decoder.decode_into(msg, out)
-            if tap_paths:  # as uplink/pipeline.py's on_frame does
-                for sample in out[start:]:
+            # As uplink/pipeline.py's on_frame does: one set lookup a frame, and the samples
+            # looked at only for frames that carry a tapped path.
+            if tap_paths and msg.arbitration_id in tap_ids:
+                for i in range(start, len(out)):
+                    sample = out[i]
                     if sample.path in tap_paths:
                         tap(sample)
         return len(out)

@@ -94,7 +94,7 @@ class CampaignEngine:
         publish: Publish,
         event: Callable[[str, dict[str, Any]], None],
         max_memory_bytes: int,
-        paths: set[str] | None = None,
+        on_paths: Callable[[frozenset[str]], None] = lambda paths: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._mapped = mapped
@@ -104,8 +104,9 @@ class CampaignEngine:
         self._max_memory = max_memory_bytes
         self._clock = clock
         self._campaigns: dict[str, _Running] = {}
-        # What the pipeline taps (mutated in place: the pipeline holds this very set).
-        self.paths: set[str] = paths if paths is not None else set()
+        # What the pipeline taps; `on_paths` tells it each time that changes.
+        self.paths: frozenset[str] = frozenset()
+        self._on_paths = on_paths
         self._feeds: dict[str, tuple[Callable[[float, Value], None], ...]] = {}
         self._conditions: dict[str, tuple[_Running, ...]] = {}
         self._latest_ts: dict[str, float] = {}
@@ -248,33 +249,58 @@ class CampaignEngine:
                 feeds.setdefault(spec.path, []).append(running.windows[name].add)
             for path in running.inputs:
                 conditions.setdefault(path, []).append(running)
+        for path in self._direct_inputs():  # latest values only where a condition reads them
+            feeds.setdefault(path, []).append(self._noter(path))
         self._feeds = {path: tuple(adds) for path, adds in feeds.items()}
         self._conditions = {path: tuple(runs) for path, runs in conditions.items()}
         by_path = set(self._feeds) | set(self._conditions)
-        self.paths.clear()
-        self.paths.update(by_path)
+        if by_path != self.paths:
+            self.paths = frozenset(by_path)
+            self._on_paths(self.paths)
         for path in list(self._latest):
             if path not in by_path:
                 del self._latest[path]
                 self._latest_ts.pop(path, None)
 
+    def _direct_inputs(self) -> set[str]:
+        """Paths that active conditions read as they are (not through a window)."""
+        direct: set[str] = set()
+        for running in self._campaigns.values():
+            if running.state == "active" and running.checked.condition is not None:
+                windows = running.checked.windows
+                direct |= {p for p in running.checked.condition.paths if p not in windows}
+        return direct
+
+    def _noter(self, path: str) -> Callable[[float, Value], None]:
+        latest, latest_ts = self._latest, self._latest_ts
+
+        def note(ts: float, value: Value) -> None:
+            latest[path] = value
+            latest_ts[path] = ts
+
+        return note
+
     # --- the data path (every tapped sample) -----------------------------------------------
     def tap(self, sample: Sample) -> None:
-        """Every frame's value of a tapped path: into its rings and windows. Conditions are
-        evaluated on the engine's tick, not here: a 100 Hz signal must not cost a hundred
-        evaluations a second."""
-        path, ts, value = sample
-        self._latest[path] = value
-        self._latest_ts[path] = ts
-        for add in self._feeds.get(path, ()):
-            add(ts, value)
+        """Every frame's value of a tapped path: into its rings, windows and, where a
+        condition reads it as it is, the latest values. Nothing else happens per frame:
+        conditions are evaluated on the engine's tick, so that a 100 Hz signal does not cost
+        a hundred evaluations a second."""
+        for add in self._feeds.get(sample[0], ()):
+            add(sample[1], sample[2])
+
+    def _input_time(self, running: _Running) -> float:
+        """The newest frame time among a condition's inputs (direct or windowed)."""
+        times = [self._latest_ts.get(p, float("-inf")) for p in running.checked.inputs]
+        times += [w.newest for w in running.windows.values()]
+        return max(times, default=float("-inf"))
 
     def _conditions_due(self) -> None:
         """Each condition whose inputs have new samples, at the newest input's frame time."""
         for running in self._campaigns.values():
             if running.state != "active" or not running.inputs:
                 continue
-            newest = max(self._latest_ts.get(p, float("-inf")) for p in running.inputs)
+            newest = self._input_time(running)
             if newest != running.evaluated_at and newest != float("-inf"):
                 running.evaluated_at = newest
                 self._evaluate(running, newest)
@@ -340,7 +366,12 @@ class CampaignEngine:
     def _frame_now(self) -> float | None:
         """The newest frame time seen: captures and periodic triggers run on the frames'
         clock (which may be an interface's uptime, not the wall clock)."""
-        return max(self._latest_ts.values()) if self._latest_ts else None
+        times = list(self._latest_ts.values())
+        for running in self._campaigns.values():
+            times += [r.last_ts for r in running.rings.values()]
+            times += [w.newest for w in running.windows.values()]
+        newest = max(times, default=float("-inf"))
+        return newest if newest != float("-inf") else None
 
     def tick(self) -> None:
         self._conditions_due()

@@ -96,17 +96,17 @@ class Window:
     times a second, over at most MAX_WINDOW_SAMPLES values. A timestamp older than the newest
     (a log played again from its start) starts the window afresh."""
 
-    __slots__ = ("_items", "_newest", "_seconds")
+    __slots__ = ("_items", "_seconds", "newest")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._items: deque[tuple[float, Value]] = deque(maxlen=MAX_WINDOW_SAMPLES)
-        self._newest = float("-inf")
+        self.newest = float("-inf")  # the newest sample's time
 
     def add(self, ts: float, value: Value) -> None:
-        if ts < self._newest:
+        if ts < self.newest:
             self._items.clear()
-        self._newest = ts
+        self.newest = ts
         self._items.append((ts, value))
 
     def value(self, function: str, now: float) -> float | None:

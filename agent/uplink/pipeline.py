@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -73,9 +73,12 @@ class Pipeline:
         self._batch: list[Sample] = []
         self._scratch: list[Sample] = []
         self._accepting = True
-        # Campaigns tap every decoded sample of these paths, before the policies; the set is
-        # filled in place by whoever owns the taps, and empty costs one truth test a frame.
+        # Campaigns tap every decoded sample of these paths, before the policies (set_taps).
+        # Empty costs one truth test a frame; otherwise a frame whose id carries none of them
+        # costs one set lookup, and only the others have their samples looked at.
         self.tap_paths: set[str] = set()
+        self._tap_ids: set[int] = set()
+        self._tap_every_frame = False  # a tapped path without a frame id of its own (computed)
         self.tap: Callable[[Sample], None] = lambda sample: None
         self.stats = PipelineStats()
         self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
@@ -88,6 +91,7 @@ class Pipeline:
         batch = self._batch
         limit = self._settings.batch_max_samples
         tap_paths = self.tap_paths
+        tap_ids = self._tap_ids
         feed = self.computer.feed if self.computer is not None else None
 
         def on_frame(frame: FrameLike) -> None:
@@ -98,7 +102,7 @@ class Pipeline:
             decoder.decode_into(frame, scratch)
             if feed is not None and scratch:
                 feed(scratch)
-            if tap_paths:
+            if tap_paths and (frame.arbitration_id in tap_ids or self._tap_every_frame):
                 tap = self.tap
                 for sample in scratch:
                     if sample.path in tap_paths:
@@ -110,6 +114,16 @@ class Pipeline:
                         self.flush()
 
         return on_frame
+
+    def set_taps(self, paths: Iterable[str], frame_ids: Iterable[int] | None) -> None:
+        """The paths to tap, and the arbitration ids of the frames that carry them (None:
+        look at every frame, for paths computed from others). Changed in place: the frame
+        callbacks hold these very sets."""
+        self.tap_paths.clear()
+        self.tap_paths.update(paths)
+        self._tap_ids.clear()
+        self._tap_ids.update(frame_ids or ())
+        self._tap_every_frame = frame_ids is None
 
     def stop_accepting(self) -> None:
         """Shutdown step one: frames still arriving are ignored (counted)."""
