@@ -240,13 +240,18 @@ class Agent:
         log.info("stopped", published=self.uplink.stats.published)
 
     async def _maintain_outbox(self) -> None:
-        """Expire telemetry past `storage.max_age_h`; cheap, so every 30 s."""
+        """Every 5 s: retry what the disk refused, notice a vanished file, keep the reserve;
+        every 30 s expire telemetry past `storage.max_age_h`."""
+        rounds = 0
         while True:
             try:
-                self._outbox.expire()
+                self._outbox.maintain()
+                if rounds % 6 == 0:
+                    self._outbox.expire()
             except OutboxError as exc:
-                log.error("outbox_expire_failed", error=str(exc))
-            await asyncio.sleep(30)
+                log.error("outbox_maintenance_failed", error=str(exc))
+            rounds += 1
+            await asyncio.sleep(5)
 
     def _simulator(self, stack: AsyncExitStack) -> Any:
         sim_settings = self.settings.simulator

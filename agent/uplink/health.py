@@ -85,6 +85,8 @@ class Health:
                 "file_bytes": self._outbox.file_bytes(),
                 "max_bytes": self._outbox.max_bytes,
                 "dropping": self._outbox.dropping,
+                # on_disk, memory_records, acks_waiting, reserve, disk_full (reliability.md)
+                **self._outbox.storage(),
             },
             # Persistent counters from the outbox: dropped_telemetry, dropped_event,
             # dropped_response, dropped_samples, expired_telemetry, expired_samples.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.config import TelemetrySettings
+from agent.logs import Repeating
 from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
 from agent.vehicle.decode import Decoder
 from agent.vehicle.model import FrameLike, Sample
@@ -65,6 +66,7 @@ class Pipeline:
         self._scratch: list[Sample] = []
         self._accepting = True
         self.stats = PipelineStats()
+        self._dropped_log = Repeating(log, "telemetry_dropped")
         self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
 
     def receiver_for(self, bus: str) -> Callable[[FrameLike], None]:
@@ -112,8 +114,9 @@ class Pipeline:
                 pass  # the outbox counted it (dropped_telemetry, dropped_samples)
             except OutboxError as exc:
                 self.stats.samples_dropped += len(chunk)
-                log.error("telemetry_dropped", samples=len(chunk), error=str(exc))
+                self._dropped_log.failed(samples=len(chunk), error=str(exc))
             else:
+                self._dropped_log.cleared()
                 self.stats.batches += 1
                 self.stats.samples_published += len(chunk)
                 written += len(chunk)

@@ -40,15 +40,26 @@ def events(outbox: Outbox) -> list[dict[str, object]]:
     return [json.loads(r.payload) for r in outbox.pending(1_000_000) if r.kind == "event"]
 
 
+def epoch() -> float:
+    """A clock at 0: a new file's streams start at 1 (they start from the clock in ms)."""
+    return 0.0
+
+
+def test_a_new_file_numbers_its_streams_from_the_clock(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", clock=lambda: 1_800_000_000.0) as box:
+        assert telemetry(box) == 1_800_000_000_001
+        assert box.last_seq("events") == 1_800_000_000_000
+
+
 def test_order_seq_and_ack_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    with Outbox(path) as box:
+    with Outbox(path, clock=epoch) as box:
         assert [telemetry(box) for _ in range(3)] == [1, 2, 3]
         box.append_event("storage", "test", {})
         first = box.pending(2)
         box.ack(r.id for r in first)
         assert box.depth() == 2
-    with Outbox(path) as box:
+    with Outbox(path, clock=epoch) as box:
         assert telemetry(box) == 4  # seq continues after a restart
         assert [r.kind for r in box.pending(10)] == ["telemetry", "event", "telemetry"]
         assert box.last_seq("events") == 1
@@ -57,7 +68,7 @@ def test_order_seq_and_ack_survive_reopen(tmp_path: Path) -> None:
 def test_the_file_stays_under_the_cap_and_drops_are_exact(tmp_path: Path) -> None:
     cap = 256 * KIB
     path = tmp_path / "o.db"
-    with Outbox(path, max_bytes=cap) as box:
+    with Outbox(path, max_bytes=cap, clock=epoch) as box:
         biggest = 0
         for _ in range(2000):  # ~2 MB offered to a 256 KiB outbox
             telemetry(box)
@@ -127,7 +138,7 @@ def test_records_in_flight_are_not_dropped(tmp_path: Path) -> None:
 
 
 def test_a_record_larger_than_the_cap_is_dropped_and_counted(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_bytes=64 * KIB) as box:
+    with Outbox(tmp_path / "o.db", max_bytes=64 * KIB, clock=epoch) as box:
         with pytest.raises(OutboxFull):
             telemetry(box, size=200 * KIB, items=7)
         assert box.counters()["dropped_telemetry"] == 1
