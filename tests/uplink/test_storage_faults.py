@@ -1,0 +1,181 @@
+"""Storage faults on a real (small) filesystem: a full disk, a read-only remount. The daemon
+runs as a subprocess with its outbox on a tmpfs this test mounts, against a real mosquitto
+and a back end with a persistent session."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.brokers import Broker, Daemon, Subscriber, wait_until
+from tests.support.mounts import ext4, free_bytes, fs_error, remount, tmpfs
+
+STORAGE_EVENTS = ("outbox_", "telemetry_dropped", "command_store_failed")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "fs", "400k") as where:
+        yield where
+
+
+def _on(daemon: Daemon, fs: Path) -> Daemon:
+    """Move the daemon's storage onto `fs`."""
+    text = daemon.config.read_text()
+    old = f"{daemon.config.parent}/state/outbox.db"
+    assert old in text
+    daemon.config.write_text(text.replace(old, f"{fs}/outbox.db"))
+    return daemon
+
+
+def _storage_lines(daemon: Daemon) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if str(e.get("event", "")).startswith(STORAGE_EVENTS)]
+
+
+def _seqs(sub: Subscriber) -> list[int]:
+    return [m.json()["seq"] for m in sub.on("telemetry")]
+
+
+def _health(sub: Subscriber, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    found: dict[str, Any] = sub.wait_for("health", lambda m: predicate(m.json()), 30).json()
+    return found
+
+
+def test_a_full_disk_with_the_broker_down_then_up(
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    small_fs: Path,
+    report: Callable[[str], None],
+) -> None:
+    """400 kB for the outbox, the broker down until the disk is full: the daemon stays up,
+    drops the oldest telemetry (counted), drains when the broker returns and publishes new
+    telemetry afterwards, in a handful of log lines."""
+    broker = broker_factory(persistent=True)
+    backend = Subscriber(broker.port, client_id="fleet-backend", clean_session=False)
+    time.sleep(0.5)
+    broker.stop()
+    daemon = _on(
+        make_daemon(
+            broker.port,
+            scenario="driving",
+            speedup=10.0,
+            every_value=True,
+            telemetry="  batch_interval_ms: 50\n  batch_max_samples: 50\n  health_interval_s: 1\n",
+        ),
+        small_fs,
+    )
+    daemon.start()
+    daemon.wait_event("outbox_disk_full", timeout=60)
+    full_at = time.monotonic()
+    time.sleep(15)  # the disk stays full for a while: nothing may repeat per batch
+    assert daemon.alive()
+    assert free_bytes(small_fs) < 100 * 1024
+    lines_full = len(_storage_lines(daemon))
+    broker.start()
+    health = _health(backend, lambda h: h["outbox"]["depth"] < 50)
+    wait_until(lambda: len(backend.on("telemetry")) > 0, 30, "telemetry")
+    last_before = max(_seqs(backend))
+    wait_until(lambda: max(_seqs(backend)) > last_before + 20, 30, "new telemetry after the drain")
+    health = _health(backend, lambda h: h["outbox"]["depth"] < 50)
+    assert daemon.alive()
+    daemon.stop()
+    backend.close()
+    seqs = _seqs(backend)
+    storage = _storage_lines(daemon)
+    dropped = health["dropped"].get("dropped_telemetry", 0)
+    report(
+        f"tiny filesystem (400 kB, broker down {time.monotonic() - full_at:.0f} s after the "
+        f"disk filled): {len(set(seqs))} telemetry messages delivered, {dropped} oldest dropped "
+        f"(counted), {len(seqs) - len(set(seqs))} duplicates; storage log lines while full "
+        f"{lines_full}, in all {len(storage)}: {sorted({str(e['event']) for e in storage})}"
+    )
+    assert dropped > 0
+    assert len(seqs) == len(set(seqs)) or len(seqs) - len(set(seqs)) < 60  # in flight only
+    assert lines_full <= 6, [e["event"] for e in storage]
+    assert len(storage) <= 10, [e["event"] for e in storage]
+    assert not [e for e in daemon.events() if "Traceback" in str(e) or e.get("exception")]
+
+
+def test_read_only_at_start_then_remounted_rw(
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    small_fs: Path,
+    report: Callable[[str], None],
+) -> None:
+    """The daemon starts on a read-only filesystem: it publishes from memory, says so in
+    P/health and one log line; after a rw remount it goes back to the disk, losing nothing."""
+    broker = broker_factory()
+    backend = Subscriber(broker.port)
+    daemon = _on(make_daemon(broker.port, scenario="driving", speedup=4.0), small_fs)
+    daemon.start()
+    backend.wait_for("telemetry", timeout=20)
+    daemon.stop()
+    remount(small_fs, "ro")
+    try:
+        daemon.start()
+        health = _health(backend, lambda h: h["outbox"]["on_disk"] is False)
+        count = len(backend.on("telemetry"))
+        wait_until(lambda: len(backend.on("telemetry")) > count + 10, 30, "telemetry while ro")
+        time.sleep(8)  # several retries of the disk
+        lines_ro = len(_storage_lines(daemon))
+        assert daemon.alive()
+    finally:
+        remount(small_fs, "rw")
+    health = _health(backend, lambda h: h["outbox"]["on_disk"] is True)
+    count = len(backend.on("telemetry"))
+    wait_until(lambda: len(backend.on("telemetry")) > count + 5, 30, "telemetry after rw")
+    daemon.stop()
+    backend.close()
+    seqs = _seqs(backend)
+    storage = _storage_lines(daemon)
+    report(
+        f"read-only at start, then rw: {len(seqs)} telemetry messages delivered, "
+        f"{len(seqs) - len(set(seqs))} duplicates; storage log lines while ro {lines_ro}, "
+        f"in all {len(storage)}: {[str(e['event']) for e in storage]}"
+    )
+    assert lines_ro <= 3
+    events = [e["event"] for e in storage]
+    assert events.count("outbox_on_memory") == 1
+    assert "outbox_on_memory_cleared" in events
+    assert len(seqs) == len(set(seqs))
+    assert health["outbox"]["on_disk"] is True
+
+
+def test_the_disk_goes_read_only_under_a_running_daemon(
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    tmp_path: Path,
+    report: Callable[[str], None],
+) -> None:
+    """An I/O error makes the kernel remount the storage read-only (ext4, errors=remount-ro):
+    the daemon keeps publishing from memory and says so once."""
+    with ext4(tmp_path / "emmc", tmp_path / "emmc.img") as fs:
+        broker = broker_factory()
+        backend = Subscriber(broker.port)
+        daemon = _on(make_daemon(broker.port, scenario="driving", speedup=4.0), fs)
+        daemon.start()
+        backend.wait_for("telemetry", timeout=20)
+        fs_error(fs)
+        health = _health(backend, lambda h: h["outbox"]["on_disk"] is False)
+        count = len(backend.on("telemetry"))
+        wait_until(lambda: len(backend.on("telemetry")) > count + 10, 30, "telemetry while ro")
+        time.sleep(12)  # several retries of the disk
+        assert daemon.alive()
+        daemon.stop()
+    backend.close()
+    seqs = _seqs(backend)
+    storage = _storage_lines(daemon)
+    report(
+        f"ext4 error, read-only under a running daemon: {len(seqs)} telemetry messages "
+        f"delivered, {len(seqs) - len(set(seqs))} duplicates, memory buffer "
+        f"{health['outbox']['memory_records']} records at the first health; storage log lines "
+        f"{len(storage)}: {[str(e['event']) for e in storage]}"
+    )
+    assert [e["event"] for e in storage].count("outbox_on_memory") == 1
+    assert len(storage) <= 4
+    assert len(seqs) == len(set(seqs))
+    assert max(seqs) - min(seqs) + 1 == len(seqs)  # no gap
