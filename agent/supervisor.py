@@ -32,6 +32,7 @@ from agent.maintenance.diagnostics import DtcReader, dtc_changes
 from agent.notify import SystemdNotifier
 from agent.sim.scenario import Scenario
 from agent.uplink.health import Health
+from agent.uplink.lock import StorageLock
 from agent.uplink.mqtt import Uplink
 from agent.uplink.outbox import Outbox, OutboxError
 from agent.uplink.pipeline import Pipeline
@@ -129,6 +130,7 @@ class Agent:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         async with AsyncExitStack() as stack:
             storage = settings.storage
+            stack.enter_context(StorageLock(storage.path))
             self._outbox = stack.enter_context(
                 Outbox(
                     storage.path,
