@@ -57,6 +57,7 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
             ],
         )
     )
+    handler.addFilter(_RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_agent", False):
@@ -64,6 +65,30 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
     handler._agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(max(_LEVELS[level], logging.WARNING))  # libraries' chatter stays out
+
+
+class _RepeatFilter(logging.Filter):
+    """Libraries log a failure per attempt (python-can per reopen, asyncio per callback):
+    the same message from the same logger passes once a minute, with the count since."""
+
+    def __init__(self, every_s: float = EVERY_S) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._every_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.msg = f"{record.msg} (and {last[1]} more like it in {now - last[0]:.0f} s)"
+        if len(self._seen) > 1000:  # messages with variable text: keep the table small
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
 
 
 class Repeating:
@@ -78,10 +103,12 @@ class Repeating:
         *,
         level: str = "error",
         every_s: float = EVERY_S,
+        clear_event: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = logger
         self.event = event
+        self._clear_event = clear_event or f"{event}_cleared"
         self._level = level
         self._every_s = every_s
         self._clock = clock
@@ -114,8 +141,9 @@ class Repeating:
             return False
         now = self._clock()
         self._log.info(
-            f"{self.event}_cleared",
+            self._clear_event,
             failures=self.count,
+            repeated=self._unlogged,  # since the last line
             for_s=round(now - self._since, 1),
             **fields,
         )

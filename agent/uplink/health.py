@@ -49,7 +49,7 @@ class Health:
                 bus_errors=receiver.stats.errors,
                 reopens=receiver.stats.reopens,
                 outages=receiver.stats.outages,
-                down_s=round(receiver.stats.down_s, 2),
+                down_s=round(receiver.down_s(), 2),  # live: the outage going on included
             )
             buses[receiver.name] = stats
         uplink = self._uplink()
