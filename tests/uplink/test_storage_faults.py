@@ -179,3 +179,40 @@ def test_the_disk_goes_read_only_under_a_running_daemon(
     assert len(storage) <= 4
     assert len(seqs) == len(set(seqs))
     assert max(seqs) - min(seqs) + 1 == len(seqs)  # no gap
+
+
+def test_an_outbox_deleted_under_a_running_daemon_never_repeats_a_seq(
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
+) -> None:
+    """The file is deleted while the daemon runs (noticed, logged, a new file started above
+    every seq handed out), then again while it is stopped: the back end sees no seq twice."""
+    backend = Subscriber(broker.port)
+    daemon = make_daemon(broker.port, scenario="driving", speedup=4.0)
+    db = daemon.config.parent / "state" / "outbox.db"
+    daemon.start()
+    wait_until(lambda: len(backend.on("telemetry")) >= 5, 20, "telemetry")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink()
+    vanished = daemon.wait_event("outbox_file_vanished", timeout=15)
+    count = len(backend.on("telemetry"))
+    wait_until(lambda: len(backend.on("telemetry")) >= count + 5, 20, "telemetry after")
+    assert db.exists()
+    daemon.stop()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    count = len(backend.on("telemetry"))
+    daemon.start()
+    wait_until(lambda: len(backend.on("telemetry")) >= count + 5, 20, "telemetry after restart")
+    daemon.stop()
+    backend.close()
+    seqs = _seqs(backend)
+    events = [m.json() for m in backend.on("events")]
+    lines = [e["event"] for e in _storage_lines(daemon)]
+    report(
+        f"outbox deleted under a running daemon, then before a restart: {len(seqs)} telemetry "
+        f"messages, {len(seqs) - len(set(seqs))} repeated seqs, storage lines {lines}"
+    )
+    assert len(seqs) == len(set(seqs))
+    assert seqs == sorted(seqs)  # each new file starts above everything before it
+    assert lines.count("outbox_file_vanished") == 1 and vanished["path"] == str(db)
+    assert any(e["name"] == "outbox_recreated" for e in events)
