@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import sqlite3
 import time
@@ -37,6 +38,7 @@ import structlog
 from agent.errors import AgentError
 from agent.events import event_payload
 from agent.logs import Repeating
+from agent.uplink.salvage import Salvage, salvage
 from agent.uplink.spill import Held, Spill
 
 log = structlog.get_logger("agent.uplink.outbox")
@@ -115,6 +117,13 @@ def _fs_bytes(folder: Path) -> int:
     return stat.f_blocks * stat.f_frsize
 
 
+def _current_boot() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _free_bytes(folder: Path) -> int:
     stat = os.statvfs(folder)
     return stat.f_bavail * stat.f_frsize
@@ -147,8 +156,10 @@ class Outbox:
         max_bytes: int | None = None,
         max_age_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        boot_id: str | None = None,
     ) -> None:
         self.path = path
+        self._boot_id = boot_id if boot_id is not None else _current_boot()
         self._sync = sync
         self.max_bytes = max_bytes
         self._max_age_s = max_age_s
@@ -216,11 +227,63 @@ class Outbox:
                 raise OutboxError(f"cannot open the outbox at {self.path}: {again}") from again
         except OSError as exc:
             raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from exc
+        if not fresh and self.damaged is None:
+            fresh = self._power_was_cut()
+        found = salvage(Path(self.damaged["moved_to"])) if self.damaged is not None else None
+        if found is not None:
+            self._seq = dict(found.seq)  # the new streams start above these (and the clock)
         self._loaded(fresh or self.damaged is not None)
-        if self.damaged is not None:
+        if self.damaged is not None and found is not None:
+            self._restore(found)
             self.damaged["seq_from"] = str(self._seq["telemetry"] + 1)
-            self.append_event("storage", "outbox_damaged", dict(self.damaged))
+            data: dict[str, object] = dict(self.damaged)
+            data.update(salvaged=len(found.rows), lost=found.lost)
+            log.error(
+                "outbox_salvaged", path=str(self.path), salvaged=len(found.rows), lost=found.lost
+            )
+            self.append_event("storage", "outbox_damaged", data)
+        self._mark_open()
         self._spare()
+
+    def _power_was_cut(self) -> bool:
+        """The file was left open by a run in an earlier boot: the machine lost power (or
+        crashed) with the daemon running. With `sync: normal` the last transactions may be
+        gone while their records were already published, so the streams continue from the
+        clock: a seq must never be handed out twice."""
+        mark = self._scalar("PRAGMA user_version")
+        if not mark or not self._boot_id or mark == self._boot_mark() or self._sync == "full":
+            return False
+        log.warning(
+            "outbox_power_cut",
+            path=str(self.path),
+            action="the file was not closed before a reboot; seq continues from the clock",
+        )
+        return True
+
+    def _boot_mark(self) -> int:
+        """The boot id as a non-zero 31-bit number, kept in the file header's user_version
+        while the file is open (0 after a clean close): no page of the cap is spent on it."""
+        return int(hashlib.sha256(self._boot_id.encode()).hexdigest()[:8], 16) % (2**31 - 1) + 1
+
+    def _mark_open(self) -> None:
+        with contextlib.suppress(sqlite3.Error, OutboxError):
+            self.db.execute(f"PRAGMA user_version={self._boot_mark() if self._boot_id else 0}")
+
+    def _restore(self, found: Salvage) -> None:
+        """Put what could be read from the damaged file into the new one, with its ids (the
+        publication order); `lost_records` counts what could not be read."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
+                "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                found.rows,
+            )
+            counts = dict(found.counters)
+            if found.lost:
+                counts["lost_records"] = counts.get("lost_records", 0) + found.lost
+            self._count(counts, db)
+        if found.rows:
+            self._last_id = max(self._last_id, max(r[0] for r in found.rows))
 
     def _loaded(self, fresh: bool) -> None:
         """Read the ids and seqs of a just opened file. A new file's streams start from the
@@ -295,12 +358,14 @@ class Outbox:
             path=str(self.path),
             moved_to=str(target),
             error=error,
-            action="started a fresh outbox; records in the damaged file are lost",
+            action="started a fresh outbox with what can still be read from the damaged one",
         )
         self.damaged = {"moved_to": str(target), "error": error}
 
     def close(self) -> None:
         if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA user_version=0")  # a clean close
             self._db.close()
             self._db = None
 
