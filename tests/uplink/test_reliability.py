@@ -7,6 +7,7 @@ off, QoS 1), as a fleet back end would run.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.uplink.outbox import Outbox
 from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
 
 KIB = 1024
@@ -200,3 +202,48 @@ def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(
     assert first["seq"] > 10**12  # numbered from the clock: no reuse of lost numbers
     assert (storage["type"], storage["name"]) == ("storage", "outbox_damaged")
     assert storage["data"]["moved_to"] == event["moved_to"]
+
+
+def test_a_torn_page_loses_only_its_records_and_says_how_many(
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
+) -> None:
+    """300 stored telemetry records, one page overwritten (a torn write in a power cut):
+    the daemon starts, delivers what is readable, and reports the lost count in the
+    `outbox_damaged` event and in P/health."""
+    daemon = make_daemon(broker.port)
+    db = _db(daemon)
+    db.parent.mkdir(parents=True)
+    with Outbox(db, clock=lambda: 0.0) as box:
+        for _ in range(300):
+            box.append(
+                "telemetry",
+                "telemetry",
+                lambda seq: json.dumps({"v": 1, "seq": seq, "pad": "x" * 1500}).encode(),
+                stream="telemetry",
+            )
+        box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    middle = len(data) // 4096 // 2
+    data[middle * 4096 : (middle + 1) * 4096] = os.urandom(4096)
+    db.write_bytes(bytes(data))
+    backend = Subscriber(broker.port)
+    with running(daemon):
+        event = daemon.wait_event("outbox_salvaged")
+        storage = backend.wait_for("events", lambda m: m.json()["name"] == "outbox_damaged")
+        wait_until(
+            lambda: len([s for s in _telemetry_seqs(backend) if s <= 300]) >= event["salvaged"],
+            20,
+            "the salvaged records",
+        )
+        health = backend.wait_for("health", lambda m: "lost_records" in m.json()["dropped"])
+    backend.close()
+    old = sorted(s for s in _telemetry_seqs(backend) if s <= 300)
+    lost = health.json()["dropped"]["lost_records"]
+    report(
+        f"torn page under the daemon: {len(old)} of 300 stored records delivered, {lost} "
+        f"reported lost (event: salvaged {storage.json()['data']['salvaged']}, "
+        f"lost {storage.json()['data']['lost']})"
+    )
+    assert lost == event["lost"] == storage.json()["data"]["lost"] >= 1
+    assert len(old) == event["salvaged"] and len(old) + lost >= 300
+    assert min(s for s in _telemetry_seqs(backend) if s > 300) > 10**12  # new ones: the clock
