@@ -178,6 +178,7 @@ class Uplink:
         self._stop_deadline = 0.0
         self._done = asyncio.Event()
         self._lost = Repeating(log, "mqtt_disconnected", level="warning")
+        self._reconnect_logged = False
         self.stats = UplinkStats()
         self.v5 = self._mqtt.protocol == "5"
 
@@ -255,7 +256,8 @@ class Uplink:
                         connected_at = time.monotonic()
                         # In an episode of lost connections only the first reconnect is
                         # logged: a flapping link's disconnect lines carry the count.
-                        if not (self._lost.active and self._lost.count > 1):
+                        if not (self._lost.active and self._reconnect_logged):
+                            self._reconnect_logged = self._lost.active
                             log.info(
                                 "mqtt_connected",
                                 host=self._mqtt.host,
@@ -311,6 +313,8 @@ class Uplink:
             fields: dict[str, Any] = {"retry_s": round(delay, 1), "attempt": backoff.attempts}
             if "taken over" in text.lower():
                 fields["hint"] = "another client with this client id takes the connection over"
+            if not self._lost.active:
+                self._reconnect_logged = False  # a new episode: its first reconnect is logged
             self._lost.failed(error=text or type(exc).__name__, **fields)
         return delay
 
