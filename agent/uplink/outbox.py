@@ -893,6 +893,9 @@ class Outbox:
         return {
             "on_disk": self.on_disk,
             "memory_records": len(self.spill),
+            # since start, by kind: e.g. command responses the disk would not store and that
+            # were published from memory
+            "held_in_memory": dict(self.spill.held),
             "acks_waiting": len(self._unacked),
             "reserve": self.reserve.exists(),
             "disk_full": self._lowered,

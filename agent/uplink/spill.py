@@ -29,6 +29,7 @@ class Spill:
         self.records: dict[int, Held] = {}  # insertion order is id order
         self.bytes = 0
         self.dropped: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # records of each kind that ever waited here
 
     def __len__(self) -> int:
         return len(self.records)
@@ -36,6 +37,7 @@ class Spill:
     def add(self, record: Held, in_flight: set[int]) -> None:
         self.records[record.id] = record
         self.bytes += len(record.payload)
+        self.held[record.kind] = self.held.get(record.kind, 0) + 1
         while len(self.records) > self._max_records or self.bytes > self._max_bytes:
             victim = self._victim(in_flight)
             if victim is None:
