@@ -4,13 +4,17 @@ and a back end with a persistent session."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
+import paho.mqtt.publish as publish
 import pytest
 
+from tests.support.agents import Key, trust_entry
 from tests.support.brokers import Broker, Daemon, Subscriber, wait_until
 from tests.support.mounts import ext4, free_bytes, fs_error, remount, tmpfs
 
@@ -110,7 +114,13 @@ def test_read_only_at_start_then_remounted_rw(
     P/health and one log line; after a rw remount it goes back to the disk, losing nothing."""
     broker = broker_factory()
     backend = Subscriber(broker.port)
-    daemon = _on(make_daemon(broker.port, scenario="driving", speedup=4.0), small_fs)
+    key = Key("fleet-app")
+    daemon = _on(
+        make_daemon(broker.port, scenario="driving", speedup=4.0, vehicle_id="RO-1"), small_fs
+    )
+    daemon.config.write_text(
+        re.sub(r"  trust: \[\][^\n]*\n", "  trust:\n" + trust_entry(key), daemon.config.read_text())
+    )
     daemon.start()
     backend.wait_for("telemetry", timeout=20)
     daemon.stop()
@@ -120,6 +130,16 @@ def test_read_only_at_start_then_remounted_rw(
         health = _health(backend, lambda h: h["outbox"]["on_disk"] is False)
         count = len(backend.on("telemetry"))
         wait_until(lambda: len(backend.on("telemetry")) > count + 10, 30, "telemetry while ro")
+        # Commands are still answered: the response waits in memory and is published.
+        token = key.token("RO-1", "state.snapshot")
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        publish.single("vehicles/RO-1/commands/request", token, qos=1, port=broker.port)
+        answer = backend.wait_for(
+            "commands/response",
+            lambda m: m.json()["id"] == jti and m.json()["status"] != "accepted",
+        ).json()
+        assert answer["status"] == "succeeded"
+        held = _health(backend, lambda h: h["outbox"]["held_in_memory"].get("response", 0) >= 2)
         time.sleep(8)  # several retries of the disk
         lines_ro = len(_storage_lines(daemon))
         assert daemon.alive()
@@ -134,7 +154,9 @@ def test_read_only_at_start_then_remounted_rw(
     storage = _storage_lines(daemon)
     report(
         f"read-only at start, then rw: {len(seqs)} telemetry messages delivered, "
-        f"{len(seqs) - len(set(seqs))} duplicates; storage log lines while ro {lines_ro}, "
+        f"{len(seqs) - len(set(seqs))} duplicates; a command answered from memory "
+        f"(held_in_memory {held['outbox']['held_in_memory']}); storage log lines while ro "
+        f"{lines_ro}, "
         f"in all {len(storage)}: {[str(e['event']) for e in storage]}"
     )
     assert lines_ro <= 3
