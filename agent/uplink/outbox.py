@@ -487,14 +487,25 @@ class Outbox:
         return seq
 
     def _to_memory(self, error: str) -> None:
-        if self.on_disk:
-            self.on_disk = False
-            self._refused.failed(
-                path=str(self.path),
-                error=error,
-                action="records wait in memory (bounded) until the disk takes writes again",
-            )
         self._retry_at = self._clock() + RETRY_S
+        if not self.on_disk:
+            return
+        self.on_disk = False
+        # The disk cannot record the seqs handed out from memory: if the process died before
+        # the disk returns, the next start would hand them out again. From the clock they are
+        # above what the disk will say (a stream never outruns the clock in milliseconds).
+        seed = int(self._clock() * 1000)
+        for stream in _STREAMS:
+            self._seq[stream] = max(self._seq.get(stream, 0), seed)
+        self._refused.failed(
+            path=str(self.path),
+            error=error,
+            seq_from=self._seq["telemetry"] + 1,
+            action="records wait in memory (bounded) until the disk takes writes again",
+        )
+        self.append_event(
+            "storage", "on_memory", {"error": error, "seq_from": self._seq["telemetry"] + 1}
+        )
 
     def _back_to_disk(self) -> None:
         """Try the disk again: (re)open it and write what waited in memory."""
