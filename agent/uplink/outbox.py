@@ -185,7 +185,6 @@ class Outbox:
         self._seq: dict[str, int] = {}  # the last seq of each stream (disk or memory)
         self._unacked: set[int] = set()  # acknowledged, but the DELETE could not be saved
         self._inode: int | None = None
-        self.lost_on_open = 0
         self._full = Repeating(log, "outbox_disk_full")
         self._refused = Repeating(log, "outbox_on_memory")
         self._ack_failed = Repeating(log, "outbox_ack_not_saved", level="warning")
@@ -363,6 +362,10 @@ class Outbox:
         self.damaged = {"moved_to": str(target), "error": error}
 
     def close(self) -> None:
+        if not self.on_disk:
+            self._back_to_disk()  # one last try: what waits in memory dies with the process
+        if self.spill:
+            log.error("outbox_memory_records_lost", path=str(self.path), records=len(self.spill))
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA user_version=0")  # a clean close
@@ -515,6 +518,7 @@ class Outbox:
                 fresh = not self.path.exists()
                 self._db = self._connect()
                 self._loaded(fresh)
+                self._mark_open()
             held = self.spill.take()
             with self._tx() as db:
                 for stream, last in self._seq.items():
