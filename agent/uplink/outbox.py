@@ -13,9 +13,14 @@ survive restarts). Records currently in flight are never chosen. Dropping raises
 `storage` event when it starts and one when it stops. Telemetry older than `max_age_s` is
 expired (counted) by `expire()`.
 
-A damaged file (not a database, failed integrity check) is moved aside and a fresh one is
-started; its sequence numbers start from the clock in milliseconds so that they cannot repeat
-numbers the lost file had handed out.
+The disk's faults never fail an append or an acknowledgement: a full disk is handled by
+`room.Room` (reserve file, lowered cap); a disk that refuses writes (read-only, gone) sends
+records to a bounded memory buffer (`spill.Spill`) until it takes them again; an
+acknowledgement that cannot be saved is kept in memory and retried. A damaged file is moved
+aside, what is readable is salvaged (`salvage`) and the rest counted. A new file, a file
+replaced under the running daemon, a file left open by an earlier boot (power cut) and the
+memory buffer all continue the streams from the clock in milliseconds, so a seq is never
+handed out twice.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import structlog
 from agent.errors import AgentError
 from agent.events import event_payload
 from agent.logs import Repeating
+from agent.uplink.room import Room, is_full
 from agent.uplink.salvage import Salvage, salvage
 from agent.uplink.spill import Held, Spill
 
@@ -67,12 +73,6 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
-WAL_SHARE = 0.1  # of the cap, kept for the write-ahead log; the main file gets the rest
-WAL_MIN_FRAMES = 16
-WAL_MAX_FRAMES = (
-    64  # checkpoint at least this often: a big WAL cannot be checkpointed on a full disk
-)
-RESERVE_BYTES = 128 * 1024  # given back to the filesystem when the disk is full (see _spare)
 RETRY_S = 5.0  # how often a refusing disk is tried again
 STOP_BELOW = 0.8  # dropping has stopped once an append fits and use is under this share
 _STREAMS = ("telemetry", "events")
@@ -104,17 +104,7 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     return isinstance(exc, _Damaged) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _is_full(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
-
-
-def _fs_bytes(folder: Path) -> int:
-    try:
-        stat = os.statvfs(folder)
-    except OSError:
-        return 1 << 40
-    return stat.f_blocks * stat.f_frsize
+_is_full = is_full
 
 
 def _current_boot() -> str:
@@ -122,11 +112,6 @@ def _current_boot() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
-
-
-def _free_bytes(folder: Path) -> int:
-    stat = os.statvfs(folder)
-    return stat.f_bavail * stat.f_frsize
 
 
 def _is_unwritable(exc: sqlite3.Error) -> bool:
@@ -165,11 +150,7 @@ class Outbox:
         self._max_age_s = max_age_s
         self._clock = clock
         self._db: sqlite3.Connection | None = None
-        self._max_pages = 0  # the cap in force (lowered to the file's size on a full disk)
-        self._cap_pages = 0  # the configured cap
-        self._reserve_bytes = RESERVE_BYTES
-        self._wal_bytes = 0
-        self._lowered = False  # the cap was lowered to the file's size on a full disk
+        self.room = Room(path, max_bytes)  # the cap, the WAL's size, the reserve file
         self.in_flight: set[int] = set()
         self.dropping = False
         self._episode: dict[str, int] = {}
@@ -177,7 +158,6 @@ class Outbox:
         self.damaged: dict[str, str] | None = None  # set when a damaged file was moved aside
         self.appended = 0
         self.acked = 0
-        self.reserve = Path(f"{path}.reserve")
         self.spill = Spill()  # records the disk would not take
         self.on_disk = True  # False while records go to the in-memory buffer
         self._retry_at = 0.0
@@ -185,7 +165,6 @@ class Outbox:
         self._seq: dict[str, int] = {}  # the last seq of each stream (disk or memory)
         self._unacked: set[int] = set()  # acknowledged, but the DELETE could not be saved
         self._inode: int | None = None
-        self._full = Repeating(log, "outbox_disk_full")
         self._refused = Repeating(log, "outbox_on_memory")
         self._ack_failed = Repeating(log, "outbox_ack_not_saved", level="warning")
         self._vanished = Repeating(log, "outbox_file_vanished")
@@ -213,7 +192,7 @@ class Outbox:
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
-            if _is_unwritable(exc) and self._disk_refuses():  # run on memory, retry later
+            if _is_unwritable(exc) and self.room.refuses():  # run on memory, retry later
                 self._db = None
                 self._to_memory(str(exc))
                 return
@@ -319,27 +298,7 @@ class Outbox:
                 db.execute("ALTER TABLE outbox ADD COLUMN items INTEGER NOT NULL DEFAULT 0")
             if "correlation" not in columns:  # ... and before MQTT 5 request/response
                 db.execute("ALTER TABLE outbox ADD COLUMN correlation BLOB")
-            page, wal_frames = 4096, WAL_MAX_FRAMES * 3
-            if self.max_bytes is not None:
-                # The WAL gets WAL_SHARE of the cap (at least WAL_MIN_FRAMES frames) and is
-                # checkpointed at a third of that, so the transaction that crosses the mark
-                # still fits; the main file gets the rest, enforced by max_page_count.
-                page = int(db.execute("PRAGMA page_size").fetchone()[0])
-                frame = page + 24
-                wal_frames = max(WAL_MIN_FRAMES, int(self.max_bytes * WAL_SHARE) // frame)
-                self._max_pages = max(8, (self.max_bytes - wal_frames * frame - 32) // page)
-                db.execute(f"PRAGMA max_page_count={self._max_pages}")
-            self._cap_pages = self._max_pages
-            # A small WAL: on a full disk a checkpoint needs room in the main file for what
-            # the WAL holds, so the WAL must never grow large (measured on a 400 kB tmpfs:
-            # a 370 kB WAL could never be checkpointed again).
-            # On a small filesystem both the WAL and the reserve are a small share of it.
-            total = _fs_bytes(self.path.parent)
-            self._reserve_bytes = max(16 * 1024, min(RESERVE_BYTES, total // 8))
-            frames = max(4, min(wal_frames // 3, WAL_MAX_FRAMES, total // 16 // (page + 24)))
-            self._wal_bytes = frames * (page + 24)
-            db.execute(f"PRAGMA wal_autocheckpoint={frames}")
-            db.execute(f"PRAGMA journal_size_limit={frames * (page + 24)}")
+            self.room.configure(db)
         except BaseException:
             db.close()
             raise
@@ -542,92 +501,14 @@ class Outbox:
         self.spill.clear({h.id for h in held})
         self.on_disk = True
         self._refused.cleared(path=str(self.path), moved_to_disk=len(held))
-        self._full.cleared(path=str(self.path))
+        self.room.full.cleared(path=str(self.path))
 
     def _spared(self, op: Callable[[], int], *, grows: bool = False) -> int:
-        """Run a write; on a full disk give the reserve back to the filesystem and try once
-        more (the reserve exists so that a DELETE can always be written)."""
-        try:
-            return op()
-        except sqlite3.Error as exc:
-            if not _is_full(exc) or (grows and self._at_cap()):
-                raise  # an insert beyond the cap: the caller makes room
-            self._full.failed(
-                path=str(self.path),
-                error=str(exc),
-                action="gave the reserve back; the file may not grow: oldest telemetry is "
-                "dropped to make room",
-            )
-            # The file may not grow any more: from now on the cap is where it stands, so
-            # appends make room by the outbox's own priorities (oldest telemetry first).
-            pages = self._scalar("PRAGMA page_count")
-            if pages and self._db is not None:
-                self._max_pages, self._lowered = pages, True
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute(f"PRAGMA max_page_count={pages}")
-            if not self._release_reserve():
-                raise
-            return op()
-
-    def _disk_refuses(self) -> bool:
-        """The filesystem under the path is read-only or full (not: a bad path)."""
-        folder = self.path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        try:
-            stat = os.statvfs(folder)
-        except OSError:
-            return True
-        return bool(stat.f_flag & os.ST_RDONLY) or stat.f_bavail == 0
-
-    def _at_cap(self) -> bool:
-        """SQLITE_FULL from our own cap (max_page_count), not from the filesystem."""
-        return bool(self._max_pages) and self._scalar("PRAGMA page_count") >= self._max_pages
-
-    def _release_reserve(self) -> bool:
-        try:
-            self.reserve.unlink()
-        except OSError:
-            return False
-        log.debug("outbox_reserve_released", path=str(self.reserve), bytes=self._reserve_bytes)
-        return True
+        return self.room.spared(self.db, op, grows=grows)
 
     def _spare(self) -> None:
-        """Keep a reserve of the filesystem in a file of our own (given back when the disk is
-        full, so that a DELETE can always be written); once there is room again take it back,
-        then let the file grow into what is free beyond the reserve and the WAL, never into
-        the last of it (so the cap, not the disk, says when to drop)."""
-        if self._db is None or not self.on_disk:
-            return
-        try:
-            if not self.reserve.exists():
-                if self._lowered:  # the WAL's disk space back first (it is small)
-                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                if _free_bytes(self.reserve.parent) < 2 * self._reserve_bytes:
-                    return
-                with open(self.reserve, "wb") as f:
-                    os.posix_fallocate(f.fileno(), 0, self._reserve_bytes)
-            if self._lowered:
-                self._raise_cap()
-            if not self._lowered:
-                self._full.cleared(path=str(self.path))
-        except (OSError, sqlite3.Error):
-            with contextlib.suppress(OSError):
-                if self.reserve.stat().st_size < self._reserve_bytes:
-                    self.reserve.unlink()
-
-    def _raise_cap(self) -> None:
-        page = self._scalar("PRAGMA page_size") or 4096
-        # Room for the WAL twice over: a transaction can take it past its checkpoint mark.
-        spare = _free_bytes(self.path.parent) - self._reserve_bytes - 2 * self._wal_bytes
-        pages = spare // page
-        if pages < 4:
-            return
-        target = self._max_pages + pages
-        if self._cap_pages and target >= self._cap_pages:
-            target, self._lowered = self._cap_pages, False
-        self._max_pages = target
-        self.db.execute(f"PRAGMA max_page_count={target}")
+        if self._db is not None and self.on_disk:
+            self.room.spare(self._db)
 
     def _make_room(self) -> bool:
         """Drop the oldest records, telemetry first; False if nothing could be dropped."""
@@ -886,11 +767,7 @@ class Outbox:
 
     def used_share(self) -> float:
         """Pages in use over the cap's pages (0 when there is no cap)."""
-        if not self._max_pages:
-            return 0.0
-        pages = self._scalar("PRAGMA page_count")
-        free = self._scalar("PRAGMA freelist_count")
-        return (pages - free) / self._max_pages
+        return self.room.used_share(self._db) if self._db is not None else 0.0
 
     def counters(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -912,8 +789,8 @@ class Outbox:
             # were published from memory
             "held_in_memory": dict(self.spill.held),
             "acks_waiting": len(self._unacked),
-            "reserve": self.reserve.exists(),
-            "disk_full": self._lowered,
+            "reserve": self.room.reserve.exists(),
+            "disk_full": self.room.lowered,
         }
 
     def last_seq(self, stream: str) -> int:
