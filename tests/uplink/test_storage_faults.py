@@ -5,6 +5,7 @@ and a back end with a persistent session."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,8 +213,9 @@ def test_the_disk_goes_read_only_under_a_running_daemon(
     assert after == list(range(jump, jump + len(after)))
 
 
+@pytest.mark.parametrize("what", ["file", "directory"])
 def test_an_outbox_deleted_under_a_running_daemon_never_repeats_a_seq(
-    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None], what: str
 ) -> None:
     """The file is deleted while the daemon runs (noticed, logged, a new file started above
     every seq handed out), then again while it is stopped: the back end sees no seq twice."""
@@ -222,8 +224,11 @@ def test_an_outbox_deleted_under_a_running_daemon_never_repeats_a_seq(
     db = daemon.config.parent / "state" / "outbox.db"
     daemon.start()
     wait_until(lambda: len(backend.on("telemetry")) >= 5, 20, "telemetry")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink()
+    if what == "directory":
+        shutil.rmtree(db.parent)
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink()
     vanished = daemon.wait_event("outbox_file_vanished", timeout=15)
     count = len(backend.on("telemetry"))
     wait_until(lambda: len(backend.on("telemetry")) >= count + 5, 20, "telemetry after")
@@ -240,7 +245,8 @@ def test_an_outbox_deleted_under_a_running_daemon_never_repeats_a_seq(
     events = [m.json() for m in backend.on("events")]
     lines = [e["event"] for e in _storage_lines(daemon)]
     report(
-        f"outbox deleted under a running daemon, then before a restart: {len(seqs)} telemetry "
+        f"outbox {what} deleted under a running daemon, then before a restart: {len(seqs)} "
+        f"telemetry "
         f"messages, {len(seqs) - len(set(seqs))} repeated seqs, storage lines {lines}"
     )
     assert len(seqs) == len(set(seqs))
