@@ -13,7 +13,7 @@ OUT="$VA_OUT"
 mkdir -p "$OUT/tmp" && mount -t tmpfs -o size=512m tmpfs "$OUT/tmp"
 export TMPDIR="$OUT/tmp"
 {
-    M=/usr/lib/uml/modules/$(ls /usr/lib/uml/modules | head -1)/kernel
+    M="$VA_MODULES"
     for mod in net/can/can.ko net/can/can-raw.ko drivers/net/can/dev/can-dev.ko \
                drivers/net/can/vcan.ko; do
         insmod "$M/$mod" || echo "insmod $mod failed"
