@@ -67,16 +67,18 @@ def test_a_deleted_interface_and_a_stopped_daemon_leave_only_json_lines(
 ) -> None:
     daemon = vcan_daemon(broker.port)
     sub = Subscriber(broker.port)
-    with car(daemon.config), running(daemon):
-        _health(sub, lambda h: h["buses"]["body"]["received"] > 10)
-        ip("del", "vcan1")
-        try:
-            daemon.wait_event("can_bus_failed", bus="body")
-            time.sleep(20)
-        finally:
-            ip("add", "dev", "vcan1", "type", "vcan")
-            ip("set", "vcan1", "up")
-        daemon.wait_event("can_bus_receiving", bus="body", timeout=30)
+    with running(daemon):
+        with car(daemon.config):
+            _health(sub, lambda h: h["buses"]["body"]["received"] > 10)
+            ip("del", "vcan1")
+            try:
+                daemon.wait_event("can_bus_failed", bus="body")
+                time.sleep(20)
+            finally:
+                ip("add", "dev", "vcan1", "type", "vcan")
+                ip("set", "vcan1", "up")
+        with car(daemon.config):  # the car's own socket died with the old interface
+            daemon.wait_event("can_bus_receiving", bus="body", timeout=30)
         daemon.signal(signal.SIGSTOP)
         time.sleep(3)
         daemon.signal(signal.SIGCONT)
