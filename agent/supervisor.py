@@ -130,7 +130,7 @@ class Agent:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         async with AsyncExitStack() as stack:
             storage = settings.storage
-            stack.enter_context(StorageLock(storage.path))
+            self._lock = stack.enter_context(StorageLock(storage.path))
             self._outbox = stack.enter_context(
                 Outbox(
                     storage.path,
@@ -247,6 +247,7 @@ class Agent:
         rounds = 0
         while True:
             try:
+                self._lock.check()
                 self._outbox.maintain()
                 if rounds % 6 == 0:
                     self._outbox.expire()

@@ -43,6 +43,24 @@ class StorageLock:
         self._fd = fd
         return self
 
+    def check(self) -> None:
+        """The lock file deleted under us (with the storage directory): take a new one, or a
+        second daemon could start on the path."""
+        if self._fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                return
+        except OSError:
+            pass
+        old, self._fd = self._fd, None
+        try:
+            self.__enter__()
+        except StorageLocked:
+            self._fd = old  # someone else took the path meanwhile: nothing better to do
+            return
+        os.close(old)
+
     def _open(self) -> int | None:
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
             with contextlib.suppress(OSError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -233,6 +235,16 @@ def test_an_outbox_deleted_under_a_running_daemon_never_repeats_a_seq(
     count = len(backend.on("telemetry"))
     wait_until(lambda: len(backend.on("telemetry")) >= count + 5, 20, "telemetry after")
     assert db.exists()
+    # The lock went with the directory: it is taken again, a second daemon still may not run.
+    wait_until(lambda: Path(f"{db}.lock").exists(), 10, "the lock file again")
+    second = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1 and "another vehicle-agent" in second.stderr + second.stdout
     daemon.stop()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
