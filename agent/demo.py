@@ -114,6 +114,7 @@ class Dashboard:
         self.prefix = prefix
         self.values: dict[str, Any] = {}
         self.telemetry = 0
+        self.first_seq = 0
         self.last_seq = 0
         self.online: bool | None = None
         self.command = "[dim]…[/dim]"
@@ -148,6 +149,7 @@ class Dashboard:
         if topic.endswith("/telemetry"):
             self.telemetry += 1
             self.last_seq = int(body.get("seq", 0))
+            self.first_seq = self.first_seq or self.last_seq
             for sample in body.get("samples", []):
                 self.values[sample["path"]] = sample["value"]
         elif topic.endswith("/state"):
@@ -282,7 +284,8 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
         if dashboard.command_statuses:
             console.print(f"demo: hvac.start {' → '.join(dashboard.command_statuses)}")
         console.print(
-            f"demo: {dashboard.telemetry} telemetry messages, last seq {dashboard.last_seq}, "
+            f"demo: {dashboard.telemetry} telemetry messages, seq {dashboard.first_seq}.."
+            f"{dashboard.last_seq}, "
             f"first values after {first:.1f} s"
             if first is not None
             else "demo: no values seen"

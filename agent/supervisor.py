@@ -36,6 +36,7 @@ from agent.maintenance.diagnostics import DtcReader, dtc_changes
 from agent.notify import SystemdNotifier
 from agent.sim.scenario import Scenario
 from agent.uplink.health import Health
+from agent.uplink.lock import StorageLock
 from agent.uplink.mqtt import Uplink
 from agent.uplink.outbox import Outbox, OutboxError
 from agent.uplink.pipeline import Pipeline
@@ -142,6 +143,7 @@ class Agent:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         async with AsyncExitStack() as stack:
             storage = settings.storage
+            self._lock = stack.enter_context(StorageLock(storage.path))
             self._outbox = stack.enter_context(
                 Outbox(
                     storage.path,
@@ -290,13 +292,19 @@ class Agent:
         log.info("stopped", published=self.uplink.stats.published)
 
     async def _maintain_outbox(self) -> None:
-        """Expire telemetry past `storage.max_age_h`; cheap, so every 30 s."""
+        """Every 5 s: retry what the disk refused, notice a vanished file, keep the reserve;
+        every 30 s expire telemetry past `storage.max_age_h`."""
+        rounds = 0
         while True:
             try:
-                self._outbox.expire()
+                self._lock.check()
+                self._outbox.maintain()
+                if rounds % 6 == 0:
+                    self._outbox.expire()
             except OutboxError as exc:
-                log.error("outbox_expire_failed", error=str(exc))
-            await asyncio.sleep(30)
+                log.error("outbox_maintenance_failed", error=str(exc))
+            rounds += 1
+            await asyncio.sleep(5)
 
     def _simulator(self, stack: AsyncExitStack) -> Any:
         sim_settings = self.settings.simulator

@@ -32,6 +32,7 @@ from agent.commands.auth import (
 from agent.commands.definitions import BadParams, ResolvedCommand
 from agent.commands.store import CommandStore
 from agent.errors import AgentError, StoreError
+from agent.logs import Repeating
 from agent.uplink.outbox import Outbox, OutboxError
 
 log = structlog.get_logger("agent.commands.definitions")
@@ -151,6 +152,7 @@ class Executor:
         self._verifier = verifier
         self._commands = commands
         self._store = store
+        self._store_failed = Repeating(log, "command_store_failed")
         self._outbox = outbox
         self._notify = notify
         self._values = values
@@ -198,7 +200,7 @@ class Executor:
         except AuthError as exc:
             self._reject(exc.command_id, exc.reason, exc.detail, reply)
         except StoreError as exc:
-            log.error("command_store_failed", command_id=command_id, error=str(exc))
+            self._store_failed.failed(command_id=command_id, error=str(exc))
             self._reject(command_id, "BUSY", "the vehicle cannot record commands right now", reply)
         except Exception as exc:  # bad input must never end the daemon
             log.error("command_request_failed", command_id=command_id, error=repr(exc)[:200])
@@ -395,7 +397,7 @@ class Executor:
         try:
             self._store.finish(job.jti, status, reason, detail)
         except StoreError as exc:
-            log.error("command_store_failed", command_id=job.jti, error=str(exc))
+            self._store_failed.failed(command_id=job.jti, error=str(exc))
         self._respond(job.jti, status, reason, detail, result)
 
     async def _send_frames(
@@ -498,7 +500,7 @@ class Executor:
                     due_in_s=round(due - self._clock()),
                 )
         except StoreError as exc:
-            log.error("command_store_failed", command_id=job.jti, error=str(exc))
+            self._store_failed.failed(command_id=job.jti, error=str(exc))
 
     async def _timers(self) -> None:
         """Run automatic stops when due. A timer is deleted only after its stop ran, so a
@@ -511,8 +513,9 @@ class Executor:
                     self._store.prune(now)
                     pruned_at = now
                 due = [t for t in self._store.timers() if t.due <= now]
+                self._store_failed.cleared()
             except StoreError as exc:
-                log.error("command_store_failed", error=str(exc))
+                self._store_failed.failed(error=str(exc))
                 due = []
             for timer in due:
                 resolved = self._commands.get(timer.command)
@@ -530,4 +533,4 @@ class Executor:
         try:
             self._store.drop_timer(timer_id)
         except StoreError as exc:
-            log.error("command_store_failed", error=str(exc))
+            self._store_failed.failed(error=str(exc))

@@ -9,13 +9,18 @@ expired anyway).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import structlog
+
 from agent.errors import StoreError
+
+log = structlog.get_logger("agent.commands.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -67,6 +72,17 @@ class Timer:
     params: dict[str, Any]
 
 
+def _refusing(folder: Path) -> bool:
+    """The filesystem at (or above) `folder` is read-only or full."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return bool(stat.f_flag & os.ST_RDONLY) or stat.f_bavail == 0
+
+
 class CommandStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -82,9 +98,33 @@ class CommandStore:
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the command store at {self.path}: {exc}") from exc
+            if not _refusing(self.path.parent):
+                raise StoreError(f"cannot open the command store at {self.path}: {exc}") from exc
+            db = self._in_memory(str(exc))
         self._db = db
         return self
+
+    def _in_memory(self, error: str) -> sqlite3.Connection:
+        """The disk refuses writes (read-only, full): keep the store in memory for this run,
+        starting from what the file holds, so spent jtis stay spent."""
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        if self.path.exists():
+            try:
+                src = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)
+                try:
+                    src.backup(db)
+                finally:
+                    src.close()
+            except sqlite3.Error:
+                pass  # unreadable too: start empty (tokens still expire)
+        db.executescript(_SCHEMA)
+        log.error(
+            "command_store_on_memory",
+            path=str(self.path),
+            error=error,
+            action="commands are recorded in memory until the next start",
+        )
+        return db
 
     def __exit__(
         self,

@@ -28,6 +28,7 @@ DROPPED_COUNTERS = (
     "dropped_samples",
     "expired_telemetry",
     "expired_samples",
+    "lost_records",
 )
 
 
@@ -62,7 +63,7 @@ class Health:
                 bus_errors=receiver.stats.errors,
                 reopens=receiver.stats.reopens,
                 outages=receiver.stats.outages,
-                down_s=round(receiver.stats.down_s, 2),
+                down_s=round(receiver.down_s(), 2),  # live: the outage going on included
                 silent=receiver.silent,  # nothing received since start (10 s and more)
             )
             buses[receiver.name] = stats
@@ -100,6 +101,8 @@ class Health:
                 "file_bytes": self._outbox.file_bytes(),
                 "max_bytes": self._outbox.max_bytes,
                 "dropping": self._outbox.dropping,
+                # on_disk, memory_records, acks_waiting, reserve, disk_full (reliability.md)
+                **self._outbox.storage(),
             },
             # Persistent counters from the outbox: dropped_telemetry, dropped_event,
             # dropped_response, dropped_samples, expired_telemetry, expired_samples.

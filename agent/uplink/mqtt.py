@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent import __version__
 from agent.aio import wait_event
 from agent.config import MqttSettings, Settings
+from agent.logs import Repeating
 from agent.uplink.encoding import content_type
 from agent.uplink.outbox import Outbox, Record
 
@@ -39,6 +40,7 @@ log = structlog.get_logger("agent.uplink")
 _AUTH_CODES_V311 = {4, 5}
 _AUTH_CODES_V5 = {0x86, 0x87, 0x8A, 0x8C}  # bad credentials, not authorised, banned, bad auth
 MAX_REQUEST_BYTES = 16 * 1024
+STABLE_S = 30.0  # a connection that lasted this long resets the backoff; a shorter one does not
 
 
 @dataclass(slots=True)
@@ -176,6 +178,8 @@ class Uplink:
         self._stopping = asyncio.Event()
         self._stop_deadline = 0.0
         self._done = asyncio.Event()
+        self._lost = Repeating(log, "mqtt_disconnected", level="warning")
+        self._reconnect_logged = False
         self.stats = UplinkStats()
         self.v5 = self._mqtt.protocol == "5"
 
@@ -251,23 +255,32 @@ class Uplink:
         try:
             while not self._stopping.is_set():
                 client: _Client | None = None
+                connected_at: float | None = None
                 try:
                     client = self._client()
                     async with client:
                         self.stats.connected = True
                         self.stats.connects += 1
-                        backoff.reset()
-                        log.info(
-                            "mqtt_connected",
-                            host=self._mqtt.host,
-                            port=self._mqtt.port,
-                            reconnects=self.stats.reconnects,
-                        )
+                        connected_at = time.monotonic()
+                        # In an episode of lost connections only the first reconnect is
+                        # logged: a flapping link's disconnect lines carry the count.
+                        if not (self._lost.active and self._reconnect_logged):
+                            self._reconnect_logged = self._lost.active
+                            log.info(
+                                "mqtt_connected",
+                                host=self._mqtt.host,
+                                port=self._mqtt.port,
+                                reconnects=self.stats.reconnects,
+                            )
                         await self._session(client)
                         return
                 except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
                     self.stats.connected = False
                     cause = client.lost_because() if client is not None else None
+                    # Only a connection that held resets the backoff: one taken over at once
+                    # by another client with our id must not reconnect at full speed.
+                    if connected_at is not None and time.monotonic() - connected_at >= STABLE_S:
+                        backoff.reset()
                     delay = self._failed(_first_leaf(group), backoff, cause)
                 if self._stopping.is_set():
                     return
@@ -305,12 +318,12 @@ class Uplink:
                 hint="check mqtt.tls (ca for the broker, cert/key for mutual TLS)",
             )
         else:
-            log.warning(
-                "mqtt_disconnected",
-                error=text or type(exc).__name__,
-                retry_s=round(delay, 1),
-                attempt=backoff.attempts,
-            )
+            fields: dict[str, Any] = {"retry_s": round(delay, 1), "attempt": backoff.attempts}
+            if "taken over" in text.lower():
+                fields["hint"] = "another client with this client id takes the connection over"
+            if not self._lost.active:
+                self._reconnect_logged = False  # a new episode: its first reconnect is logged
+            self._lost.failed(error=text or type(exc).__name__, **fields)
         return delay
 
     async def _session(self, client: _Client) -> None:
@@ -321,8 +334,9 @@ class Uplink:
             receiver = tg.create_task(self._receive(client))
             state = tg.create_task(self._state_loop(client))
             health = tg.create_task(self._health_loop(client))
+            stable = tg.create_task(self._stable())
             await self._drain(client)  # returns once stopping and drained (or out of time)
-            for task in (receiver, state, health):
+            for task in (receiver, state, health, stable):
                 task.cancel()
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(
@@ -333,6 +347,11 @@ class Uplink:
                 timeout=1.0,
             )
         log.info("mqtt_goodbye", published=self.stats.published, outbox=self._outbox.depth())
+
+    async def _stable(self) -> None:
+        """A connection that held for STABLE_S ends an episode of lost connections."""
+        await asyncio.sleep(STABLE_S)
+        self._lost.cleared(host=self._mqtt.host, port=self._mqtt.port)
 
     async def _subscribe(self, client: _Client) -> None:
         topic = self.topic("commands/request")

@@ -13,13 +13,23 @@ survive restarts). Records currently in flight are never chosen. Dropping raises
 `storage` event when it starts and one when it stops. Telemetry older than `max_age_s` is
 expired (counted) by `expire()`.
 
-A damaged file (not a database, failed integrity check) is moved aside and a fresh one is
-started; its sequence numbers start from the clock in milliseconds so that they cannot repeat
-numbers the lost file had handed out.
+The disk's faults never fail an append or an acknowledgement: a full disk is handled by
+`room.Room` (reserve file, lowered cap); a disk that refuses writes (read-only, gone) sends
+records to a bounded memory buffer (`spill.Spill`) until it takes them again; an
+acknowledgement that cannot be saved is kept in memory and retried. A damaged file is moved
+aside, what is readable is salvaged (`salvage`) and the rest counted. A new file, a file
+replaced under the running daemon, a file left open by an earlier boot (power cut) and the
+memory buffer all continue the streams from the clock in milliseconds, so a seq is never
+handed out twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +42,10 @@ import structlog
 
 from agent.errors import AgentError
 from agent.events import event_payload
+from agent.logs import Repeating
+from agent.uplink.room import Room, is_full
+from agent.uplink.salvage import Salvage, salvage
+from agent.uplink.spill import Held, Spill
 
 log = structlog.get_logger("agent.uplink.outbox")
 
@@ -61,10 +75,11 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
-WAL_SHARE = 0.1  # of the cap, kept for the write-ahead log; the main file gets the rest
-WAL_MIN_FRAMES = 16
+RETRY_S = 5.0  # how often a refusing disk is tried again
 STOP_BELOW = 0.8  # dropping has stopped once an append fits and use is under this share
-_STREAMS = ("telemetry", "events")
+# "*" is the floor of every stream that has no row of its own yet (a campaign's, made later
+# in the file's life): a new, damaged or memory-backed outbox seeds it with the rest.
+_STREAMS = ("telemetry", "events", "*")
 
 
 class OutboxError(AgentError):
@@ -93,9 +108,29 @@ def _is_damage(exc: sqlite3.Error) -> bool:
     return isinstance(exc, _Damaged) or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _is_full(exc: sqlite3.Error) -> bool:
+_is_full = is_full
+
+
+def _current_boot() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _is_unwritable(exc: sqlite3.Error) -> bool:
+    """A disk that refuses writes for now: read-only, gone, I/O errors, full."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+    base = code & 0xFF if isinstance(code, int) else None
+    refusing = (
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_BUSY,
+    )
+    text = str(exc).lower()
+    return base in refusing or "readonly" in text or "read-only" in text or _is_full(exc)
 
 
 class Outbox:
@@ -110,14 +145,16 @@ class Outbox:
         max_bytes: int | None = None,
         max_age_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        boot_id: str | None = None,
     ) -> None:
         self.path = path
+        self._boot_id = boot_id if boot_id is not None else _current_boot()
         self._sync = sync
         self.max_bytes = max_bytes
         self._max_age_s = max_age_s
         self._clock = clock
         self._db: sqlite3.Connection | None = None
-        self._max_pages = 0
+        self.room = Room(path, max_bytes)  # the cap, the WAL's size, the reserve file
         self.in_flight: set[int] = set()
         self.dropping = False
         self._episode: dict[str, int] = {}
@@ -125,6 +162,16 @@ class Outbox:
         self.damaged: dict[str, str] | None = None  # set when a damaged file was moved aside
         self.appended = 0
         self.acked = 0
+        self.spill = Spill()  # records the disk would not take
+        self.on_disk = True  # False while records go to the in-memory buffer
+        self._retry_at = 0.0
+        self._last_id = 0  # the highest record id handed out (disk or memory)
+        self._seq: dict[str, int] = {}  # the last seq of each stream (disk or memory)
+        self._unacked: set[int] = set()  # acknowledged, but the DELETE could not be saved
+        self._inode: int | None = None
+        self._refused = Repeating(log, "outbox_on_memory")
+        self._ack_failed = Repeating(log, "outbox_ack_not_saved", level="warning")
+        self._vanished = Repeating(log, "outbox_file_vanished")
 
     # --- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -143,11 +190,17 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutboxError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+            if exc.errno not in (errno.EROFS, errno.ENOSPC):
+                raise OutboxError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        fresh = not self.path.exists()
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
-            if not _is_damage(exc):  # permissions, a full disk: not the file's fault
+            if _is_unwritable(exc) and self.room.refuses():  # run on memory, retry later
+                self._db = None
+                self._to_memory(str(exc))
+                return
+            if not _is_damage(exc):  # permissions, a directory in the way: not the file's fault
                 raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from exc
             try:
                 self._move_aside(str(exc))
@@ -156,15 +209,84 @@ class Outbox:
                 raise OutboxError(f"cannot open the outbox at {self.path}: {again}") from again
         except OSError as exc:
             raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from exc
-        if self.damaged is not None:
-            seed = int(self._clock() * 1000)
-            with self._tx() as db:
+        if not fresh and self.damaged is None:
+            fresh = self._power_was_cut()
+        found = salvage(Path(self.damaged["moved_to"])) if self.damaged is not None else None
+        if found is not None:
+            self._seq = dict(found.seq)  # the new streams start above these (and the clock)
+        self._loaded(fresh or self.damaged is not None)
+        if self.damaged is not None and found is not None:
+            self._restore(found)
+            self.damaged["seq_from"] = str(self._seq["telemetry"] + 1)
+            data: dict[str, object] = dict(self.damaged)
+            data.update(salvaged=len(found.rows), lost=found.lost)
+            log.error(
+                "outbox_salvaged", path=str(self.path), salvaged=len(found.rows), lost=found.lost
+            )
+            self.append_event("storage", "outbox_damaged", data)
+        self._mark_open()
+        self._spare()
+
+    def _power_was_cut(self) -> bool:
+        """The file was left open by a run in an earlier boot: the machine lost power (or
+        crashed) with the daemon running. With `sync: normal` the last transactions may be
+        gone while their records were already published, so the streams continue from the
+        clock: a seq must never be handed out twice."""
+        mark = self._scalar("PRAGMA user_version")
+        if not mark or not self._boot_id or mark == self._boot_mark() or self._sync == "full":
+            return False
+        log.warning(
+            "outbox_power_cut",
+            path=str(self.path),
+            action="the file was not closed before a reboot; seq continues from the clock",
+        )
+        return True
+
+    def _boot_mark(self) -> int:
+        """The boot id as a non-zero 31-bit number, kept in the file header's user_version
+        while the file is open (0 after a clean close): no page of the cap is spent on it."""
+        return int(hashlib.sha256(self._boot_id.encode()).hexdigest()[:8], 16) % (2**31 - 1) + 1
+
+    def _mark_open(self) -> None:
+        with contextlib.suppress(sqlite3.Error, OutboxError):
+            self.db.execute(f"PRAGMA user_version={self._boot_mark() if self._boot_id else 0}")
+
+    def _restore(self, found: Salvage) -> None:
+        """Put what could be read from the damaged file into the new one, with its ids (the
+        publication order); `lost_records` counts what could not be read."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
+                "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                found.rows,
+            )
+            counts = dict(found.counters)
+            if found.lost:
+                counts["lost_records"] = counts.get("lost_records", 0) + found.lost
+            self._count(counts, db)
+        if found.rows:
+            self._last_id = max(self._last_id, max(r[0] for r in found.rows))
+
+    def _loaded(self, fresh: bool) -> None:
+        """Read the ids and seqs of a just opened file. A new file's streams start from the
+        clock in milliseconds: a vehicle whose file was deleted or replaced must not repeat
+        numbers it published before."""
+        db = self.db
+        self._inode = os.stat(self.path).st_ino
+        if fresh:
+            seed = max(int(self._clock() * 1000), *self._seq.values(), 0)
+            with self._tx() as tx:
                 for stream in _STREAMS:
-                    db.execute(
-                        "INSERT OR REPLACE INTO seq(stream, last) VALUES(?, ?)", (stream, seed)
+                    tx.execute(
+                        "INSERT INTO seq(stream, last) VALUES(?, ?) ON CONFLICT(stream) "
+                        "DO UPDATE SET last = max(last, excluded.last)",
+                        (stream, seed),
                     )
-            self.damaged["seq_from"] = str(seed + 1)
-            self.append_event("storage", "outbox_damaged", dict(self.damaged))
+            log.info("outbox_created", path=str(self.path), seq_from=seed + 1)
+        for stream, last in db.execute("SELECT stream, last FROM seq"):
+            self._seq[str(stream)] = max(int(last), self._seq.get(str(stream), 0))
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        self._last_id = max(self._last_id, int(row[0]) if row else 0)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -182,17 +304,7 @@ class Outbox:
                 db.execute("ALTER TABLE outbox ADD COLUMN correlation BLOB")
             if "priority" not in columns:  # ... and before campaigns
                 db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 5")
-            if self.max_bytes is not None:
-                # The WAL gets WAL_SHARE of the cap (at least WAL_MIN_FRAMES frames) and is
-                # checkpointed at a third of that, so the transaction that crosses the mark
-                # still fits; the main file gets the rest, enforced by max_page_count.
-                page = int(db.execute("PRAGMA page_size").fetchone()[0])
-                frame = page + 24
-                wal_frames = max(WAL_MIN_FRAMES, int(self.max_bytes * WAL_SHARE) // frame)
-                self._max_pages = max(8, (self.max_bytes - wal_frames * frame - 32) // page)
-                db.execute(f"PRAGMA max_page_count={self._max_pages}")
-                db.execute(f"PRAGMA wal_autocheckpoint={wal_frames // 3}")
-                db.execute(f"PRAGMA journal_size_limit={wal_frames // 3 * frame}")
+            self.room.configure(db)
         except BaseException:
             db.close()
             raise
@@ -210,12 +322,18 @@ class Outbox:
             path=str(self.path),
             moved_to=str(target),
             error=error,
-            action="started a fresh outbox; records in the damaged file are lost",
+            action="started a fresh outbox with what can still be read from the damaged one",
         )
         self.damaged = {"moved_to": str(target), "error": error}
 
     def close(self) -> None:
+        if not self.on_disk:
+            self._back_to_disk()  # one last try: what waits in memory dies with the process
+        if self.spill:
+            log.error("outbox_memory_records_lost", path=str(self.path), records=len(self.spill))
         if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA user_version=0")  # a clean close
             self._db.close()
             self._db = None
 
@@ -242,16 +360,35 @@ class Outbox:
     ) -> int:
         """Store one record; `payload(seq)` builds it with the stream's next seq (0 without a
         stream). Returns the seq. Makes room by dropping old records if the cap is reached;
-        raises OutboxFull if the record cannot fit at all (it is counted as dropped)."""
+        raises OutboxFull if the record cannot fit at all (it is counted as dropped). A disk
+        that refuses writes (read-only, gone, full with nothing to drop) does not fail the
+        append: the record waits in the bounded in-memory buffer."""
+        if not self.on_disk and self._clock() >= self._retry_at:
+            self._back_to_disk()
+        if not self.on_disk:
+            return self._hold(kind, topic, payload, stream, items, correlation)
         dropped_any = False
         for _ in range(64):
             try:
-                seq = self._insert(kind, topic, payload, stream, items, correlation, priority)
+                seq = self._spared(
+                    lambda: self._insert(
+                        kind, topic, payload, stream, items, correlation, priority
+                    ),
+                    grows=True,
+                )
                 break
             except sqlite3.Error as exc:
                 if not _is_full(exc):
+                    if _is_unwritable(exc):
+                        self._to_memory(str(exc))
+                        return self._hold(kind, topic, payload, stream, items, correlation)
                     raise OutboxError(f"cannot write to the outbox at {self.path}: {exc}") from exc
-                if not self._make_room():
+                try:
+                    room = self._make_room()
+                except OutboxError as full:  # even a DELETE does not fit: the disk is full
+                    self._to_memory(str(full))
+                    return self._hold(kind, topic, payload, stream, items, correlation)
+                if not room:
                     self._count({f"dropped_{kind}": 1, "dropped_samples": items})
                     self._start_dropping()
                     raise OutboxFull(
@@ -267,6 +404,11 @@ class Outbox:
             self._stop_dropping()
         return seq
 
+    def _next_seq(self, stream: str | None) -> int:
+        if stream is None:
+            return 0
+        return self._seq.get(stream, self._seq.get("*", 0)) + 1
+
     def _insert(
         self,
         kind: Kind,
@@ -277,22 +419,115 @@ class Outbox:
         correlation: bytes | None,
         priority: int = TELEMETRY_PRIORITY,
     ) -> int:
+        seq = self._next_seq(stream)
         with self._tx() as db:
-            seq = 0
             if stream is not None:
-                row = db.execute("SELECT last FROM seq WHERE stream = ?", (stream,)).fetchone()
-                seq = (row[0] if row else 0) + 1
                 db.execute(
                     "INSERT INTO seq(stream, last) VALUES(?, ?) "
                     "ON CONFLICT(stream) DO UPDATE SET last = excluded.last",
                     (stream, seq),
                 )
-            db.execute(
-                "INSERT INTO outbox(kind, topic, payload, created, items, correlation, priority) "
-                "VALUES(?, ?, ?, ?, ?, ?, ?)",
-                (kind, topic, payload(seq), self._clock(), items, correlation, priority),
+            cursor = db.execute(
+                "INSERT INTO outbox(id, kind, topic, payload, created, items, correlation, "
+                "priority) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._last_id + 1,
+                    kind,
+                    topic,
+                    payload(seq),
+                    self._clock(),
+                    items,
+                    correlation,
+                    priority,
+                ),
             )
+        self._last_id = int(cursor.lastrowid or self._last_id + 1)
+        if stream is not None:
+            self._seq[stream] = seq
         return seq
+
+    def _hold(
+        self,
+        kind: Kind,
+        topic: str,
+        payload: Callable[[int], bytes],
+        stream: str | None,
+        items: int,
+        correlation: bytes | None,
+    ) -> int:
+        """Keep a record in memory; its seq continues the stream."""
+        seq = self._next_seq(stream)
+        if stream is not None:
+            self._seq[stream] = seq
+        self._last_id += 1
+        self.spill.add(
+            Held(self._last_id, kind, topic, payload(seq), correlation, items, self._clock()),
+            self.in_flight,
+        )
+        self.appended += 1
+        return seq
+
+    def _to_memory(self, error: str) -> None:
+        self._retry_at = self._clock() + RETRY_S
+        if not self.on_disk:
+            return
+        self.on_disk = False
+        # The disk cannot record the seqs handed out from memory: if the process died before
+        # the disk returns, the next start would hand them out again. From the clock they are
+        # above what the disk will say (a stream never outruns the clock in milliseconds).
+        seed = int(self._clock() * 1000)
+        for stream in _STREAMS:
+            self._seq[stream] = max(self._seq.get(stream, 0), seed)
+        self._refused.failed(
+            path=str(self.path),
+            error=error,
+            seq_from=self._seq["telemetry"] + 1,
+            action="records wait in memory (bounded) until the disk takes writes again",
+        )
+        self.append_event(
+            "storage", "on_memory", {"error": error, "seq_from": self._seq["telemetry"] + 1}
+        )
+
+    def _back_to_disk(self) -> None:
+        """Try the disk again: (re)open it and write what waited in memory."""
+        self._retry_at = self._clock() + RETRY_S
+        try:
+            if self._db is None:
+                fresh = not self.path.exists()
+                self._db = self._connect()
+                self._loaded(fresh)
+                self._mark_open()
+            held = self.spill.take()
+            with self._tx() as db:
+                for stream, last in self._seq.items():
+                    db.execute(
+                        "INSERT INTO seq(stream, last) VALUES(?, ?) ON CONFLICT(stream) "
+                        "DO UPDATE SET last = max(last, excluded.last)",
+                        (stream, last),
+                    )
+                db.executemany(
+                    "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
+                    "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (h.id, h.kind, h.topic, h.payload, h.created, h.items, h.correlation)
+                        for h in held
+                    ],
+                )
+            self._count(self.spill.dropped)
+        except (sqlite3.Error, OSError):
+            return
+        self.spill.dropped = {}
+        self.spill.clear({h.id for h in held})
+        self.on_disk = True
+        self._refused.cleared(path=str(self.path), moved_to_disk=len(held))
+        self.room.full.cleared(path=str(self.path))
+
+    def _spared(self, op: Callable[[], int], *, grows: bool = False) -> int:
+        return self.room.spared(self.db, op, grows=grows)
+
+    def _spare(self) -> None:
+        if self._db is not None and self.on_disk:
+            self.room.spare(self._db)
 
     def _make_room(self) -> bool:
         """Drop the oldest records, telemetry and campaign data first (campaigns above
@@ -317,15 +552,19 @@ class Outbox:
                 counts[f"dropped_{kind}"] = counts.get(f"dropped_{kind}", 0) + 1
                 counts["dropped_samples"] = counts.get("dropped_samples", 0) + int(items)
             try:
-                with self._tx() as db:
-                    db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in victims])
-                    self._count(counts, db)
+                self._spared(functools.partial(self._delete, victims, counts))
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot make room in the outbox: {exc}") from exc
             for key, value in counts.items():
                 self._episode[key] = self._episode.get(key, 0) + value
             return True
         return False
+
+    def _delete(self, victims: list[tuple[int, str, int]], counts: dict[str, int]) -> int:
+        with self._tx() as db:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in victims])
+            self._count(counts, db)
+        return 0
 
     def _count(self, counts: dict[str, int], db: sqlite3.Connection | None = None) -> None:
         """Add to the persistent counters (inside the caller's transaction if given)."""
@@ -340,7 +579,7 @@ class Outbox:
         try:
             with self._tx() as tx:
                 tx.executemany(sql, rows)
-        except sqlite3.Error:
+        except (sqlite3.Error, OutboxError):
             log.warning("outbox_counters_not_saved", counts=counts)
 
     def _start_dropping(self) -> None:
@@ -372,7 +611,7 @@ class Outbox:
 
     def expire(self) -> int:
         """Drop telemetry older than `max_age_s` (counted as expired); the number dropped."""
-        if self._max_age_s is None:
+        if self._max_age_s is None or self._db is None or not self.on_disk:
             return 0
         cutoff = self._clock() - self._max_age_s
         rows = self.db.execute(
@@ -398,68 +637,186 @@ class Outbox:
 
     # --- reading and acknowledging ---------------------------------------------------------
     def pending(self, limit: int, after: int = 0) -> list[Record]:
-        """The oldest records not yet acknowledged, in publication order."""
-        rows = self.db.execute(
-            "SELECT id, kind, topic, payload, correlation FROM outbox WHERE id > ? "
-            "ORDER BY id LIMIT ?",
-            (after, limit),
-        ).fetchall()
-        return [
-            Record(
-                int(r[0]),
-                str(r[1]),
-                str(r[2]),
-                bytes(r[3]),
-                bytes(r[4]) if r[4] is not None else None,
-            )
-            for r in rows
-        ]
+        """The oldest records not yet acknowledged, in publication order (the disk's, then
+        those waiting in memory, whose ids are all higher)."""
+        out: list[Record] = []
+        if self._db is not None:
+            try:
+                rows = self._db.execute(
+                    "SELECT id, kind, topic, payload, correlation FROM outbox WHERE id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (after, limit + len(self._unacked)),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._refused.failed(path=str(self.path), error=str(exc))
+                rows = []
+            out = [
+                Record(
+                    int(r[0]),
+                    str(r[1]),
+                    str(r[2]),
+                    bytes(r[3]),
+                    bytes(r[4]) if r[4] is not None else None,
+                )
+                for r in rows
+                if int(r[0]) not in self._unacked
+            ][:limit]
+        if len(out) < limit and self.spill:
+            out += [
+                Record(h.id, h.kind, h.topic, h.payload, h.correlation)
+                for h in self.spill.pending(limit - len(out), after)
+            ]
+        return out
 
     def ack(self, ids: Iterable[int]) -> None:
-        """Forget records the broker acknowledged."""
-        batch = [(i,) for i in ids]
-        if not batch:
+        """Forget records the broker acknowledged. A DELETE the disk refuses is kept in
+        memory and tried again (the record is not published again meanwhile); at worst, after
+        a restart, it is published once more: at least once, never lost."""
+        done = set(ids)
+        if not done:
             return
-        try:
+        self.acked += len(done)
+        batch = self.spill.ack(done) | self._unacked
+        if not batch or self._db is None:
+            self._unacked = batch
+            return
+
+        def delete() -> int:
             with self._tx() as db:
-                db.executemany("DELETE FROM outbox WHERE id = ?", batch)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot update the outbox at {self.path}: {exc}") from exc
-        self.acked += len(batch)
+                db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in batch])
+            return 0
+
+        try:
+            self._spared(delete)
+        except (sqlite3.Error, OutboxError) as exc:
+            self._unacked = batch
+            self._ack_failed.failed(path=str(self.path), error=str(exc), waiting=len(batch))
+            return
+        self._unacked = set()
+        self._ack_failed.cleared(path=str(self.path))
         if self.dropping and self.used_share() < STOP_BELOW:
             self._stop_dropping()
 
+    def maintain(self) -> None:
+        """Every few seconds: retry what the disk refused, notice a vanished file, keep the
+        reserve, expire old telemetry."""
+        if self._unacked:
+            self._retry_acks()
+        self._check_file()
+        if not self.on_disk:
+            if self._clock() >= self._retry_at:
+                self._back_to_disk()
+            return
+        self._spare()
+
+    def _retry_acks(self) -> None:
+        batch, self._unacked = self._unacked, set()
+        self.acked -= len(batch)
+        self.ack(batch)
+
+    def _check_file(self) -> None:
+        """A file deleted (or replaced) under the running daemon: start a new one at the
+        path, carrying over the records the old one still holds."""
+        if self._db is None or self._inode is None:
+            return
+        try:
+            same = os.stat(self.path).st_ino == self._inode
+        except OSError:
+            same = False
+        if same:
+            self._vanished.cleared(path=str(self.path))
+            return
+        self._vanished.failed(
+            path=str(self.path),
+            action="starting a new file at the path; records still in memory are kept",
+        )
+        old = self._db
+        try:
+            rows = old.execute(
+                "SELECT id, kind, topic, payload, created, items, correlation FROM outbox"
+            ).fetchall()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._connect()
+            self._loaded(True)
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
+                    "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        except (sqlite3.Error, OSError) as exc:
+            if self._db is not old:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.close()
+                self._db = old  # the old inode still works until the disk takes a new file
+            log.debug("outbox_recreate_failed", error=str(exc))
+            return
+        with contextlib.suppress(sqlite3.Error):
+            old.close()
+        self._vanished.cleared(path=str(self.path), carried_over=len(rows))
+        self.append_event(
+            "storage",
+            "outbox_recreated",
+            {"carried_over": len(rows), "seq_from": self._seq.get("telemetry", 0)},
+        )
+
     # --- figures -------------------------------------------------------------------------
+    def _scalar(self, sql: str) -> int:
+        if self._db is None:
+            return 0
+        try:
+            return int(self._db.execute(sql).fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
     def depth(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return max(0, self._scalar("SELECT count(*) FROM outbox") - len(self._unacked)) + len(
+            self.spill
+        )
 
     def payload_bytes(self) -> int:
-        row = self.db.execute("SELECT coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
-        return int(row[0])
+        on_disk = self._scalar("SELECT coalesce(sum(length(payload)), 0) FROM outbox")
+        return on_disk + self.spill.bytes
 
     def file_bytes(self) -> int:
         """The database and its WAL on disk."""
         total = 0
         for suffix in ("", "-wal"):
             path = Path(f"{self.path}{suffix}")
-            if path.exists():
+            with contextlib.suppress(OSError):
                 total += path.stat().st_size
         return total
 
     def used_share(self) -> float:
         """Pages in use over the cap's pages (0 when there is no cap)."""
-        if not self._max_pages:
-            return 0.0
-        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
-        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
-        return (pages - free) / self._max_pages
+        return self.room.used_share(self._db) if self._db is not None else 0.0
 
     def counters(self) -> dict[str, int]:
-        return {str(n): int(v) for n, v in self.db.execute("SELECT name, value FROM counters")}
+        out: dict[str, int] = {}
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                out = {
+                    str(n): int(v) for n, v in self._db.execute("SELECT name, value FROM counters")
+                }
+        for key, value in self.spill.dropped.items():
+            out[key] = out.get(key, 0) + value
+        return out
+
+    def storage(self) -> dict[str, object]:
+        """For P/health: where records go now and what waits in memory."""
+        return {
+            "on_disk": self.on_disk,
+            "memory_records": len(self.spill),
+            # since start, by kind: e.g. command responses the disk would not store and that
+            # were published from memory
+            "held_in_memory": dict(self.spill.held),
+            "acks_waiting": len(self._unacked),
+            "reserve": self.room.reserve.exists(),
+            "disk_full": self.room.lowered,
+        }
 
     def last_seq(self, stream: str) -> int:
-        row = self.db.execute("SELECT last FROM seq WHERE stream = ?", (stream,)).fetchone()
-        return int(row[0]) if row else 0
+        return self._seq.get(stream, 0)
 
 
 class _Transaction:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from agent.config import TelemetrySettings
+from agent.logs import Repeating
 from agent.uplink.encoding import TelemetryEncoder
 from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
 from agent.vehicle.compute import Computer
@@ -81,6 +82,7 @@ class Pipeline:
         self._tap_every_frame = False  # a tapped path without a frame id of its own (computed)
         self.tap: Callable[[Sample], None] = lambda sample: None
         self.stats = PipelineStats()
+        self._dropped_log = Repeating(log, "telemetry_dropped")
         self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
 
     def receiver_for(self, bus: str) -> Callable[[FrameLike], None]:
@@ -148,8 +150,9 @@ class Pipeline:
                 pass  # the outbox counted it (dropped_telemetry, dropped_samples)
             except OutboxError as exc:
                 self.stats.samples_dropped += len(chunk)
-                log.error("telemetry_dropped", samples=len(chunk), error=str(exc))
+                self._dropped_log.failed(samples=len(chunk), error=str(exc))
             else:
+                self._dropped_log.cleared()
                 self.stats.batches += 1
                 self.stats.samples_published += len(chunk)
                 written += len(chunk)

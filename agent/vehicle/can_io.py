@@ -3,7 +3,10 @@
 Buses with a file descriptor (SocketCAN) are read by the event loop itself (`add_reader`);
 buses without one (python-can's `virtual`) go through python-can's Notifier, whose single
 reader thread hands frames to the loop. Either way there is no task and no thread per frame.
-A bus that fails (interface down, bus error) is closed and reopened with capped backoff.
+A bus that fails (interface down, bus error) is closed and reopened with capped backoff that
+keeps growing until a frame arrives again (a socket that opens on a down interface fails at
+its first receive: that is no recovery). The outage counts from the failure and shows live in
+the stats; its log lines follow `logs.Repeating`.
 A bus that has received nothing 10 s after start is logged once and flagged `silent` (a wrong
 channel, or a bench interface such as `virtual` that only reaches its own process).
 """
@@ -23,10 +26,12 @@ import structlog
 
 from agent.config import BusSettings
 from agent.errors import AgentError
+from agent.logs import Repeating
 
 log = structlog.get_logger("agent.can")
 
 SILENT_AFTER_S = 10.0
+REOPEN_FIRST_S = 0.2
 
 
 def open_bus(settings: BusSettings, **extra: Any) -> can.BusABC:
@@ -51,7 +56,7 @@ class ReceiverStats:
     errors: int = 0
     reopens: int = 0
     outages: int = 0
-    down_s: float = 0.0  # from a failure to the first frame received again
+    down_s: float = 0.0  # from a failure to the first frame received again (ended outages)
 
 
 def kernel_filters(frame_keys: frozenset[int]) -> list[dict[str, Any]]:
@@ -89,8 +94,8 @@ class CanReceiver:
         on_frame: Callable[[can.Message], None],
         *,
         filters: list[dict[str, Any]] | None = None,
-        reopen_max_s: float = 1.0,
         silent_after_s: float = SILENT_AFTER_S,
+        reopen_max_s: float = 5.0,
     ) -> None:
         self.settings = settings
         self._on_frame = on_frame
@@ -107,7 +112,16 @@ class CanReceiver:
         self._silent_after_s = silent_after_s
         self._entered_at: float | None = None
         self._told_silent = False
+        self._delay = REOPEN_FIRST_S
+        self._reopened_logged = False
+        self._failed_log = Repeating(log, "can_bus_failed", clear_event="can_bus_receiving")
+        self._reopen_log = Repeating(log, "can_bus_reopen_failed", level="warning")
         self.stats = ReceiverStats()
+
+    def down_s(self) -> float:
+        """Seconds down in all, the outage going on included (live, for P/health)."""
+        now = time.monotonic()
+        return self.stats.down_s + (now - self._down_since if self._down_since else 0.0)
 
     @property
     def name(self) -> str:
@@ -131,7 +145,7 @@ class CanReceiver:
             # Not fatal: an interface may appear later (USB adapter, vcan set up after boot).
             log.error("can_bus_unavailable", bus=self.name, error=str(exc))
             self.stats.errors += 1
-            self._down_since = time.monotonic()
+            self._went_down()
             self._failure.set()
         return self
 
@@ -188,23 +202,28 @@ class CanReceiver:
         self.stats.frames += 1
         if self._down_since is not None:
             # A reopened socket may sit on a still-down interface: the outage ends with the
-            # first frame, not with the reopen.
+            # first frame, not with the reopen; so does the backoff.
             outage = time.monotonic() - self._down_since
             self._down_since = None
-            self.stats.outages += 1
             self.stats.down_s += outage
-            log.info("can_bus_receiving", bus=self.name, outage_s=round(outage, 2))
+            self._delay = REOPEN_FIRST_S
+            self._reopened_logged = False
+            self._reopen_log.cleared(bus=self.name)
+            if not self._failed_log.cleared(bus=self.name, outage_s=round(outage, 2)):
+                log.info("can_bus_receiving", bus=self.name, outage_s=round(outage, 2))
         self._on_frame(msg)
+
+    def _went_down(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self.stats.outages += 1  # counted when it starts: P/health shows it live
 
     def failed(self, exc: BaseException) -> None:
         """The bus stopped working: stop reading it and let `run()` reopen it."""
         self.stats.errors += 1
-        if self._down_since is None:
-            self._down_since = time.monotonic()
+        self._went_down()
         if not self._failure.is_set():
-            log.error(
-                "can_bus_failed", bus=self.name, channel=self.settings.channel, error=str(exc)
-            )
+            self._failed_log.failed(bus=self.name, channel=self.settings.channel, error=str(exc))
             self._close()
             self._failure.set()
 
@@ -255,27 +274,26 @@ class CanReceiver:
     async def _reopen_forever(self) -> None:
         while not self._stopped:
             await self._failure.wait()
-            down_since = time.monotonic()
-            delay = 0.2
             while not self._stopped:
+                # The delay grows with every attempt of the outage, a successful open
+                # included: only a received frame resets it (deliver).
+                delay, self._delay = self._delay, min(self._reopen_max_s, self._delay * 2)
                 await asyncio.sleep(delay * random.uniform(0.75, 1.0))
                 try:
                     bus = open_bus(self.settings, **self._open_args)
                 except AgentError as exc:
-                    delay = min(self._reopen_max_s, delay * 2)
-                    log.warning(
-                        "can_bus_reopen_failed",
-                        bus=self.name,
-                        error=str(exc),
-                        retry_s=round(delay, 1),
+                    self._reopen_log.failed(
+                        bus=self.name, error=str(exc), retry_s=round(self._delay, 1)
                     )
                     continue
                 self.stats.reopens += 1
-                log.info(
-                    "can_bus_reopened",
-                    bus=self.name,
-                    channel=self.settings.channel,
-                    after_s=round(time.monotonic() - down_since, 2),
-                )
+                if not self._reopened_logged:  # once an outage: a down link reopens often
+                    self._reopened_logged = True
+                    log.info(
+                        "can_bus_reopened",
+                        bus=self.name,
+                        channel=self.settings.channel,
+                        after_s=round(self.down_s() - self.stats.down_s, 2),
+                    )
                 self._start(bus)
                 break
