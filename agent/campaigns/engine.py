@@ -33,6 +33,7 @@ TICK_S = 0.1  # conditions, periodic triggers, captures and expiry: ten times a 
 SETTLE_S = 0.3  # after a post-trigger window, for its last frames to arrive
 WALL_SLACK_S = 2.0  # ... and by the wall clock, when no frame says the window has passed
 TRIGGER_EVENTS_EVERY_S = 60.0
+MAX_PENDING = 200_000  # tapped samples waiting for the tick (a stalled loop drops the oldest)
 # `triggered` events of one campaign: at most one a minute
 
 
@@ -108,6 +109,8 @@ class CampaignEngine:
         self.paths: frozenset[str] = frozenset()
         self._on_paths = on_paths
         self._feeds: dict[str, tuple[Callable[[float, Value], None], ...]] = {}
+        self._pending: list[Sample] = []  # tapped since the last tick
+        self.tap_dropped = 0
         self._conditions: dict[str, tuple[_Running, ...]] = {}
         self._latest_ts: dict[str, float] = {}
         self._latest: dict[str, Value] = {}
@@ -281,13 +284,27 @@ class CampaignEngine:
         return note
 
     # --- the data path (every tapped sample) -----------------------------------------------
-    def tap(self, sample: Sample) -> None:
-        """Every frame's value of a tapped path: into its rings, windows and, where a
-        condition reads it as it is, the latest values. Nothing else happens per frame:
-        conditions are evaluated on the engine's tick, so that a 100 Hz signal does not cost
-        a hundred evaluations a second."""
-        for add in self._feeds.get(sample[0], ()):
-            add(sample[1], sample[2])
+    @property
+    def tap(self) -> Callable[[Sample], None]:
+        """What the pipeline calls with every frame's value of a tapped path: a list's own
+        append, so that a frame pays no Python call for it. The tick moves the samples into
+        rings, windows and latest values (`_absorb`), and evaluates the conditions then: the
+        per-frame path stays a lookup and an append, the rest is done in bulk ten times a
+        second."""
+        return self._pending.append
+
+    def _absorb(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) > MAX_PENDING:  # ten times a second cannot fall this far behind
+            self.tap_dropped += len(pending) - MAX_PENDING
+            del pending[:-MAX_PENDING]
+        feeds = self._feeds
+        for path, ts, value in pending:
+            for add in feeds.get(path, ()):
+                add(ts, value)
+        pending.clear()
 
     def _input_time(self, running: _Running) -> float:
         """The newest frame time among a condition's inputs (direct or windowed)."""
@@ -374,6 +391,7 @@ class CampaignEngine:
         return newest if newest != float("-inf") else None
 
     def tick(self) -> None:
+        self._absorb()
         self._conditions_due()
         now = self._clock()
         frame_now = self._frame_now()
