@@ -72,7 +72,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _without_rich() -> None:
+    """Keep rich out of the daemon's process. structlog imports rich whenever it is installed,
+    for pretty tracebacks on a console; the daemon writes JSON lines for journald and never
+    uses it, and rich with pygments costs ~5 MB resident on a head unit (bench/footprint.py).
+    Only `demo` draws with rich, in its own process."""
+    if "structlog" not in sys.modules:
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # import -> ImportError
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _without_rich()
     import structlog
 
     from agent import logs, supervisor

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import math
 import os
 import re
@@ -18,8 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -239,6 +236,11 @@ def _check_public_key(value: str) -> str:
 
 def public_key_bytes(value: str) -> bytes:
     """The raw 32-byte Ed25519 key from base64 or a PEM block; ValueError if it is neither."""
+    # Imported here: OpenSSL's bindings cost ~10 MB of a head unit's memory, and a
+    # configuration without trusted keys never needs them.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     text = value.strip()
     if text.startswith("-----BEGIN"):
         try:
@@ -527,6 +529,8 @@ def _message(err: Any, data: Any) -> str:
     if kind == "extra_forbidden":
         key = str(loc[-1])
         allowed = _allowed_keys(loc[:-1])
+        import difflib  # only on a mistake: start-up stays lean
+
         hint = difflib.get_close_matches(key, allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"unknown key{suggestion}; allowed here: {', '.join(sorted(allowed))}"

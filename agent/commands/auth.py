@@ -14,13 +14,16 @@ import fnmatch
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeGuard
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from agent.config import CommandSettings, public_key_bytes
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# PyJWT and cryptography (OpenSSL's bindings, ~10 MB resident) are imported when the first key
+# is loaded or the first token arrives: a car without trusted keys or commands never pays.
 
 MAX_TOKEN_BYTES = 16 * 1024
 # campaign.apply and campaign.remove only: a campaign names many signals. Every other command
@@ -89,6 +92,8 @@ class Verifier:
     @classmethod
     def from_settings(cls, vehicle_id: str, settings: CommandSettings) -> Verifier:
         keys = {}
+        if settings.trust:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         for entry in settings.trust:
             raw = public_key_bytes(entry.public_key)
             keys[entry.kid] = TrustedKey(
@@ -101,6 +106,8 @@ class Verifier:
         return cls(vehicle_id, keys, settings.max_ttl_s, settings.clock_skew_s)
 
     def verify(self, token: bytes, now: float) -> VerifiedCommand:
+        import jwt
+
         if len(token) > MAX_CAMPAIGN_TOKEN_BYTES:
             raise AuthError(
                 "MALFORMED", f"token of {len(token)} bytes is over {MAX_CAMPAIGN_TOKEN_BYTES}"

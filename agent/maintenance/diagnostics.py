@@ -4,6 +4,8 @@ ISO-TP, one ECU after another, each with its own clear result or error.
 can-isotp's transport logic is stepped from the event loop (its receive and send functions
 are ours: frames arrive through the bus receiver, go out through its `send`), and udsoncan
 encodes the request and reads the answer, so the agent writes neither protocol itself.
+Both libraries are imported on the first exchange, not at start: a car that never reads its
+DTCs keeps their ~2 MB of code out of a head unit's memory (bench/footprint.py).
 """
 
 from __future__ import annotations
@@ -12,35 +14,60 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import can
-import isotp
-from udsoncan.Response import Response
-from udsoncan.services.ReadDTCInformation import ReadDTCInformation
 
 from agent.config import DiagnosticsSettings, EcuSettings
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    import isotp
 
 STEP_S = 0.002
 
 
 class IsoTpChannel:
-    """One ECU's ISO-TP link, fed with frames and stepped by its owner."""
+    """One ECU's ISO-TP link, fed with frames and stepped by its owner. The transport is
+    built on first use (`layer`); until then `active` is False and stepping it is pointless."""
 
     def __init__(self, tx_id: int, rx_id: int, send: Callable[[can.Message], None]) -> None:
         self.rx_id = rx_id
-        self._queue: collections.deque[isotp.CanMessage] = collections.deque(maxlen=256)
+        self._tx_id = tx_id
+        # Frames as (id, data, dlc, extended) until the transport exists to take them.
+        self._queue: collections.deque[tuple[int, bytes, int, bool]] = collections.deque(maxlen=256)
         self._send = send
-        self.layer = isotp.TransportLayerLogic(
-            rxfn=self._rxfn,
-            txfn=self._txfn,
-            address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=tx_id, rxid=rx_id),
-            params={"tx_padding": 0xCC, "blocking_send": False},
-        )
+        self._layer: isotp.TransportLayerLogic | None = None
+
+    @property
+    def active(self) -> bool:
+        """The transport exists: something was sent or received on this link."""
+        return self._layer is not None or bool(self._queue)
+
+    @property
+    def layer(self) -> isotp.TransportLayerLogic:
+        if self._layer is None:
+            import isotp
+
+            self._layer = isotp.TransportLayerLogic(
+                rxfn=self._rxfn,
+                txfn=self._txfn,
+                address=isotp.Address(
+                    isotp.AddressingMode.Normal_11bits, txid=self._tx_id, rxid=self.rx_id
+                ),
+                params={"tx_padding": 0xCC, "blocking_send": False},
+            )
+        return self._layer
 
     def _rxfn(self, timeout: float) -> isotp.CanMessage | None:
-        return self._queue.popleft() if self._queue else None
+        if not self._queue:
+            return None
+        import isotp
+
+        arbitration_id, data, dlc, extended = self._queue.popleft()
+        return isotp.CanMessage(
+            arbitration_id=arbitration_id, data=data, dlc=dlc, extended_id=extended
+        )
 
     def _txfn(self, msg: isotp.CanMessage) -> None:
         self._send(
@@ -52,17 +79,12 @@ class IsoTpChannel:
         )
 
     def feed(self, msg: can.Message) -> None:
-        self._queue.append(
-            isotp.CanMessage(
-                arbitration_id=msg.arbitration_id,
-                data=bytes(msg.data),
-                dlc=msg.dlc,
-                extended_id=msg.is_extended_id,
-            )
-        )
+        self._queue.append((msg.arbitration_id, bytes(msg.data), msg.dlc, msg.is_extended_id))
 
 
 def dtc_request(status_mask: int) -> bytes:
+    from udsoncan.services.ReadDTCInformation import ReadDTCInformation
+
     request = ReadDTCInformation.make_request(
         subfunction=ReadDTCInformation.Subfunction.reportDTCByStatusMask,
         status_mask=status_mask,
@@ -73,6 +95,9 @@ def dtc_request(status_mask: int) -> bytes:
 
 def parse_dtcs(payload: bytes) -> list[dict[str, Any]]:
     """The DTC records of a positive answer; AgentError for a negative or odd one."""
+    from udsoncan.Response import Response
+    from udsoncan.services.ReadDTCInformation import ReadDTCInformation
+
     response = Response.from_payload(payload)
     if not response.valid:
         raise AgentError(f"invalid UDS answer: {response.invalid_reason}")

@@ -34,6 +34,8 @@ class UdsResponders:
 
     def process(self) -> None:
         for name, channel in self._ecus.values():
+            if not channel.active:  # nothing asked of this ECU yet: no transport to step
+                continue
             channel.layer.process()
             if not channel.layer.available():
                 continue

@@ -28,6 +28,8 @@ from agent.vehicle.signals import Sampler
 
 log = structlog.get_logger("agent.uplink.pipeline")
 
+FIRST_FLUSH_S = 0.1  # time for the first frames of the car's fast (10-100 ms) messages
+
 
 @dataclass(slots=True)
 class PipelineStats:
@@ -164,10 +166,14 @@ class Pipeline:
         return lambda seq: telemetry_payload(self._vehicle_id, seq, chunk, self._encoder)
 
     async def run(self) -> None:
-        """Flush every `batch_interval_ms` (measured from the last flush)."""
+        """Flush every `batch_interval_ms` (measured from the last flush); the first batch
+        after start goes out after FIRST_FLUSH_S, so that a back end sees a (re)started car's
+        state within a moment rather than a whole batch interval later."""
         interval = self._settings.batch_interval_ms / 1000.0
+        first = True
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, FIRST_FLUSH_S) if first else interval)
+            first = False
             if self._batch:
                 self.flush()
             self.last_tick = time.monotonic()

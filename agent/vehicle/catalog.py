@@ -25,7 +25,6 @@ supported (a problem says so).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gzip
 import json
@@ -98,6 +97,8 @@ class Catalog:
 
     def suggest(self, path: str) -> str | None:
         """The closest known path, for a 'did you mean' hint (same parent branch first)."""
+        import difflib  # only on a mistake: start-up stays lean
+
         parent, _, last = path.rpartition(".")
         same_name = [p for p in self.leaves if p.endswith("." + last)]
         hits = difflib.get_close_matches(path, same_name, n=8, cutoff=0.5)

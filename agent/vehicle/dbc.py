@@ -6,7 +6,6 @@ OEM engineer at the exact key that does not fit the car's DBC files.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -276,6 +275,8 @@ def _resolve(
                 for m in bus.by_name.values()
                 for s in m.signals
             )
+        import difflib  # only on a mistake: start-up stays lean
+
         hint = difflib.get_close_matches(source, known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         problems.append(
