@@ -21,7 +21,7 @@ demo: $(STAMP)
 # The vcan tests need real SocketCAN: tests/vcan/run.sh runs them directly where the host has
 # vcan0/vcan1, and inside User-Mode Linux where its kernel has no CAN.
 test: $(STAMP)
-	$(BIN)/pytest --ignore=tests/vcan $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/vcan --durations=15 $(PYTEST_ARGS)
 	tests/vcan/run.sh
 
 check: $(STAMP)
