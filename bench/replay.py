@@ -453,12 +453,16 @@ class Workload:
 def build_workload(frames: int, seed: int) -> Workload:
     rng = random.Random(seed)
     folder = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    messages = _build_messages(rng)
-    dbc_path, cfg, log = folder / "bench.dbc", folder / "bench.yaml", folder / "bench.log"
-    write_dbc(messages, dbc_path)
-    mapped = write_config(messages, dbc_path, cfg)
-    make_payloads(rng, messages, cantools.database.load_file(str(dbc_path)))
-    write_log(rng, messages, frames, log)
+    try:
+        messages = _build_messages(rng)
+        dbc_path, cfg, log = folder / "bench.dbc", folder / "bench.yaml", folder / "bench.log"
+        write_dbc(messages, dbc_path)
+        mapped = write_config(messages, dbc_path, cfg)
+        make_payloads(rng, messages, cantools.database.load_file(str(dbc_path)))
+        write_log(rng, messages, frames, log)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return Workload(folder, dbc_path, cfg, log, messages, mapped)
 
 
