@@ -12,6 +12,10 @@ the common shape, `(digits.digits) channel ID#HEX` or `ID##<flag>HEX` with an op
 in one C-level pass (`findall`); a line of any other shape (remote frames, odd digit counts,
 extra spaces, garbage) is parsed by `_parse_line`, which follows python-can's own steps one by
 one, raising the same exceptions on the same lines. Other log formats stay with python-can.
+
+A byte the locale's encoding cannot decode fails python-can's read of the 8 KB around it; this
+reader then reads that block again line by line in the same steps, so the error comes after
+about the same frames (exactly the same when the block starts the file).
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ CANFD_ESI = 0x02
 
 BLOCK_CHARS = 1 << 20
 
+IDS_CACHED = 4096  # distinct id texts remembered per reader (a car has a few hundred)
+
 # One line of the common shape, or (the last group) any other line whole. ASCII classes only,
 # so that a matched line splits exactly as python-can's `str.split()` would split it. The
 # second alternative also matches the empty string after the last newline (a blank line,
-# skipped as python-can skips blank lines).
+# skipped as python-can skips blank lines). Data with an odd digit count matches too and is
+# handed to `_parse_line` when bytes.fromhex refuses it.
 _LINE = re.compile(
-    r"^\(([0-9]+\.[0-9]+)\) ([A-Za-z0-9_.:-]+) ([0-9A-Fa-f]+)#(?:#([0-9]))?"
-    r"((?:[0-9A-Fa-f]{2})*)(?: ([RrTt]))?$"
+    r"^\(([0-9]+\.[0-9]+)\) ([A-Za-z0-9_.:-]+) ([0-9A-Fa-f]+)#(#[0-9])?([0-9A-Fa-f]*)( [RrTt])?$"
     r"|^(.*)$",
     re.MULTILINE,
 )
@@ -165,10 +171,20 @@ class CandumpReader:
     def blocks(self) -> Iterator[list[CandumpFrame]]:
         """The frames a block of the file at a time (replay's loop takes them so). A line
         python-can cannot read raises its exception after the frames before it are given."""
-        read = self.file.read
+        file = self.file
+        ids: dict[str, tuple[int, bool, bool]] = {}
         rest = ""
         while True:
-            text = read(BLOCK_CHARS)
+            start = file.tell()
+            try:
+                text = file.read(BLOCK_CHARS)
+            except UnicodeDecodeError:
+                # Bytes the encoding refuses somewhere in this block: read it again a line
+                # at a time (as python-can reads, in the same 8 KB steps of the text layer),
+                # so that the frames before them come first.
+                file.seek(start)
+                yield from _by_line(file, rest, ids)
+                return
             if not text:
                 break
             text = rest + text
@@ -177,16 +193,33 @@ class CandumpReader:
                 rest = text
                 continue
             rest = text[cut:]
-            yield from _block(text[:cut])
+            yield from _block(text[:cut], ids)
         if rest:
-            yield from _block(rest + "\n")
+            yield from _block(rest + "\n", ids)
         self.stop()
 
 
-def _block(text: str) -> Iterator[list[CandumpFrame]]:
+def _by_line(
+    file: TextIO, rest: str, ids: dict[str, tuple[int, bool, bool]]
+) -> Iterator[list[CandumpFrame]]:
     frames: list[CandumpFrame] = []
     try:
-        _frames(text, frames)
+        for line in iter(file.readline, ""):
+            _frames(rest + line if line.endswith("\n") else rest + line + "\n", frames, ids)
+            rest = ""
+        if rest:
+            _frames(rest + "\n", frames, ids)
+    except Exception:
+        if frames:
+            yield frames
+        raise
+    yield frames
+
+
+def _block(text: str, ids: dict[str, tuple[int, bool, bool]]) -> Iterator[list[CandumpFrame]]:
+    frames: list[CandumpFrame] = []
+    try:
+        _frames(text, frames, ids)
     except Exception:
         if frames:
             yield frames  # the frames before the bad line first, as python-can gives them
@@ -194,12 +227,13 @@ def _block(text: str) -> Iterator[list[CandumpFrame]]:
     yield frames
 
 
-def _frames(text: str, frames: list[CandumpFrame]) -> None:
-    """Append the frames of whole lines of text (each ending in a newline) to `frames`."""
+def _frames(text: str, frames: list[CandumpFrame], ids: dict[str, tuple[int, bool, bool]]) -> None:
+    """Append the frames of whole lines of text (each ending in a newline) to `frames`.
+    `ids`: id text -> (29-bit id, extended, error frame), filled as ids are met."""
     append = frames.append
     new = tuple.__new__
     fromhex = bytes.fromhex
-    for ts, channel, can_id, fd_flag, data, direction, other in _LINE.findall(text):
+    for ts, channel, can_id, fd, data, direction, other in _LINE.findall(text):
         if other or not ts:
             # Another shape, or an empty match: a blank line, or the end after the last
             # newline; python-can skips what is only whitespace.
@@ -208,31 +242,44 @@ def _frames(text: str, frames: list[CandumpFrame]) -> None:
                 if frame is not None:
                     append(frame)
             continue
-        value = int(can_id, 16)
-        extended = len(can_id) > 3
-        if value & CAN_ERR_FLAG and value & CAN_ERR_BUSERROR:
-            append(_frame(float(ts), value, extended, False, "", 0, b"", False, True, False, False))
+        ident = ids.get(can_id)
+        if ident is None:
+            value = int(can_id, 16)
+            error = bool(value & CAN_ERR_FLAG and value & CAN_ERR_BUSERROR)
+            ident = (value & 0x1FFF_FFFF, len(can_id) > 3, error)
+            if len(ids) < IDS_CACHED:
+                ids[can_id] = ident
+        if ident[2]:  # hex data cannot fail python-can's parse: only the timestamp is kept
+            append(_frame(float(ts), CAN_ERR_FLAG | CAN_ERR_BUSERROR, True, False, "", 0, b"",
+                          False, True, False, False))  # fmt: skip
             continue
-        brs = esi = False
-        if fd_flag:
-            flags = int(fd_flag)
+        try:
+            payload = fromhex(data)
+        except ValueError:  # an odd digit count: python-can's pairwise parse, on the same line
+            frame = _parse_line(f"({ts}) {channel} {can_id}#{fd}{data}{direction}")
+            if frame is not None:
+                append(frame)
+            continue
+        if fd:
+            flags = int(fd[1])
             brs = bool(flags & CANFD_BRS)
             esi = bool(flags & CANFD_ESI)
-        payload = fromhex(data)
+        else:
+            brs = esi = False
         append(
             new(
                 CandumpFrame,
                 (
                     float(ts),
-                    value & 0x1FFF_FFFF,
-                    extended,
+                    ident[0],
+                    ident[1],
                     False,
                     False,
                     int(channel) if channel.isdigit() else channel,
                     len(payload),
                     payload,
-                    bool(fd_flag),
-                    direction in ("", "R", "r"),
+                    fd != "",
+                    direction != " T" and direction != " t",
                     brs,
                     esi,
                 ),

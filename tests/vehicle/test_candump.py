@@ -139,8 +139,10 @@ def test_varied_log_gives_python_cans_frames(tmp_path: Path) -> None:
 
 
 def test_blocks_split_lines_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lines cut by the block size, CRLF and CR line ends, no newline at the end."""
+    """Lines cut by the block size, CRLF and CR line ends, no newline at the end; ids past
+    the reader's cache of id texts."""
     monkeypatch.setattr(candump, "BLOCK_CHARS", 37)
+    monkeypatch.setattr(candump, "IDS_CACHED", 3)
     lines = _varied_lines(random.Random(3), 400)
     log = tmp_path / "crlf.log"
     log.write_bytes(("\r\n".join(lines[:200]) + "\r" + "\n".join(lines[200:])).encode())

@@ -23,7 +23,7 @@ from agent import config
 from agent.errors import AgentError
 from agent.sim.runner import record
 from agent.sim.scenario import load_scenario
-from agent.vehicle import dbc
+from agent.vehicle import candump, dbc
 from agent.vehicle.model import Sample
 from agent.vehicle.replay import ReplaySummary, _LineEncoder, replay
 from tests.support.configs import DBC_DIR, demo_text
@@ -231,3 +231,30 @@ def test_line_encoder_writes_what_json_dumps_writes(value: Any) -> None:
     )
     assert encoder.lines(samples) == want
     assert encoder.lines(samples) == want  # strings come from the cache the second time
+
+
+def test_bytes_the_encoding_refuses_are_an_error_after_about_the_same_frames(
+    drive: tuple[dbc.Vehicle, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """python-can fails on the 8 KB the text layer decodes around the byte; the candump
+    reader reads that block again line by line: the same error, after the same frames when
+    the block starts the file, and after a few fewer (within 8 KB of lines) otherwise."""
+    vehicle, _ = drive
+    good = b"(1.0) demo-body 280#0011223344556677 R\n"
+    bad = tmp_path / "undecodable.log"
+    bad.write_bytes(good * 3000 + b"(1.0) demo-body 280#00\xff\n" + good * 10)
+
+    def error(candump_reader: bool) -> tuple[str, int]:
+        with pytest.raises(AgentError) as caught:
+            replay(vehicle, bad, io.StringIO(), every_frame=True, candump_reader=candump_reader)
+        text = str(caught.value)
+        assert text.startswith(f"{bad}: unreadable after ")
+        assert "codec can't decode byte 0xff" in text
+        return text, int(text.split("unreadable after ")[1].split()[0])
+
+    theirs, their_count = error(False)
+    assert 2000 < their_count <= 3000
+    assert error(True) == (theirs, their_count)
+    monkeypatch.setattr(candump, "BLOCK_CHARS", 5000)  # the byte in a later block
+    _, count = error(True)
+    assert their_count - 8192 // len(good) <= count <= their_count
