@@ -40,7 +40,8 @@ if shutil.which("git") and (ROOT / ".git").exists():
 
 
 def test_bench_runs_leave_no_untracked_files() -> None:
-    """bench/decode.py and bench/outbox.py (small runs) write only under ignored folders."""
+    """bench/decode.py, bench/replay.py and bench/outbox.py (small runs) write only under
+    ignored folders or the system's temporary one."""
     _need_git()
     if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
         if os.environ.get("CI"):
@@ -49,6 +50,7 @@ def test_bench_runs_leave_no_untracked_files() -> None:
     before = untracked()
     for args in (
         ["bench/decode.py", "--frames", "2000", "--repeat", "1"],
+        ["bench/replay.py", "--frames", "2000", "--repeat", "1"],
         ["bench/outbox.py", "--appends", "20", "--samples", "200"],
     ):
         done = subprocess.run(

@@ -3,6 +3,12 @@
 Routing frames to buses: a single-bus configuration takes every frame. Otherwise a frame goes
 to the bus whose `channel` or `name` equals the log's channel (or the one `--map-channel`
 names); a frame from a channel that matches no bus goes to the first bus that maps its id.
+
+Speed (docs/performance.md, "Replay"): candump text logs (`.log`) are read by vehicle/candump.py,
+every other format by python-can's `LogReader`; frames are taken in blocks, decoded into one
+list of samples per block, and the block's JSON Lines written with one call. A sample's line
+is its frame's `{"ts": ...` head (made once per frame), its path's `"path": ..., "value": `
+(made once per path) and the value, formatted as `json.dumps` formats it.
 """
 
 from __future__ import annotations
@@ -10,19 +16,22 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import can
 
 from agent.errors import AgentError
+from agent.vehicle.candump import CandumpReader
 from agent.vehicle.compute import Computer, ComputeStats
 from agent.vehicle.dbc import Vehicle, frame_key
 from agent.vehicle.decode import Decoder, DecodeStats, build_decoders
-from agent.vehicle.model import Sample
+from agent.vehicle.model import FrameLike, Sample
 from agent.vehicle.signals import Sampler, policies_of
+
+BATCH_FRAMES = 4096  # frames a block from python-can's readers (candump blocks are ~1 MB of text)
 
 
 @dataclass(slots=True)
@@ -53,6 +62,13 @@ class ReplaySummary:
         )
 
 
+class _Routed(FrameLike, Protocol):
+    """A frame as the log gives it: `can.Message` and candump.CandumpFrame both fit."""
+
+    @property
+    def channel(self) -> Any: ...
+
+
 class _Router:
     def __init__(self, vehicle: Vehicle, decoders: dict[str, Decoder], aliases: Mapping[str, str]):
         self._decoders = decoders
@@ -71,7 +87,12 @@ class _Router:
                 self._by_key.setdefault(key, decoder)
         self._fallback = next(iter(decoders.values()))
 
-    def route(self, msg: can.Message) -> Decoder:
+    @property
+    def single(self) -> Decoder | None:
+        """The one decoder that takes every frame, in a single-bus configuration."""
+        return self._single
+
+    def route(self, msg: _Routed) -> Decoder:
         if self._single is not None:
             return self._single
         found = self._by_channel.get(str(msg.channel)) if msg.channel is not None else None
@@ -129,8 +150,12 @@ def replay(
     every_frame: bool = False,
     channel_map: Mapping[str, str] | None = None,
     progress: TextIO | None = None,
+    candump_reader: bool = True,
 ) -> ReplaySummary:
-    """Decode `log` and write JSON Lines samples to `out`; return the counts."""
+    """Decode `log` and write JSON Lines samples to `out`; return the counts.
+
+    `candump_reader=False` reads a candump `.log` with python-can's LogReader too (the tests
+    compare the two readers' output)."""
     if not log.exists():
         raise AgentError(f"log file not found: {log}")
     decoders = build_decoders(vehicle)
@@ -142,48 +167,132 @@ def replay(
     summary.computed = computer.stats
     size = log.stat().st_size
     meter = _Progress(progress, size) if progress is not None else None
-    dumps = json.dumps
-    path_json: dict[str, str] = {s.path: dumps(s.path) for s in vehicle.loaded.settings.signals}
+    encoder = _LineEncoder(s.path for s in vehicle.loaded.settings.signals)
     started = time.monotonic()
     first_ts: float | None = None
     last_ts = 0.0
-    samples: list[Sample] = []
+    reader: Any
     try:
-        reader = can.LogReader(str(log))
+        if candump_reader and log.suffix.lower() == ".log":
+            reader = CandumpReader(log)
+            blocks: Iterator[Sequence[_Routed]] = reader.blocks()
+        else:
+            reader = can.LogReader(str(log))
+            blocks = _batches(reader)
     except (OSError, ValueError) as exc:
         raise AgentError(f"cannot read log {log}: {exc}") from exc
     with reader:
         reader_file = getattr(reader, "file", None)
-        messages = iter(reader)
         while True:
             try:
-                msg = next(messages)
+                block = next(blocks)
             except StopIteration:
                 break
             except Exception as exc:  # python-can's readers raise many types on bad lines
                 raise AgentError(f"{log}: unreadable after {summary.frames} frames: {exc}") from exc
-            summary.frames += 1
+            if not block:
+                continue
+            samples = _decode_block(block, router, feed)
+            if not every_frame:
+                samples = sampler.select(samples)
+            out.write(encoder.lines(samples))
+            summary.samples_written += len(samples)
+            summary.frames += len(block)
             if first_ts is None:
-                first_ts = msg.timestamp
-            last_ts = msg.timestamp
-            samples.clear()
-            router.route(msg).decode_into(msg, samples)
-            if feed is not None and samples:
-                feed(samples)
-            for sample in samples:
-                if every_frame or sampler.offer(sample):
-                    out.write(
-                        f'{{"ts": {sample.ts!r}, "path": {path_json[sample.path]}, '
-                        f'"value": {dumps(sample.value)}}}\n'
-                    )
-                    summary.samples_written += 1
-            if meter is not None and summary.frames % 4096 == 0:
+                first_ts = block[0].timestamp
+            last_ts = block[-1].timestamp
+            if meter is not None:
                 meter.tick(summary.frames, _position(reader_file))
     if meter is not None:
         meter.done()
     summary.seconds = time.monotonic() - started
     summary.log_span_s = (last_ts - first_ts) if first_ts is not None else 0.0
     return summary
+
+
+def _batches(messages: Iterable[can.Message]) -> Iterator[list[can.Message]]:
+    """python-can's messages in lists of BATCH_FRAMES; on a line it cannot read, the messages
+    before it first, then its exception (so the frame count in the error is exact)."""
+    batch: list[can.Message] = []
+    try:
+        for message in messages:
+            batch.append(message)
+            if len(batch) >= BATCH_FRAMES:
+                yield batch
+                batch = []
+    except Exception:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _decode_block(
+    block: Sequence[_Routed], router: _Router, feed: Callable[[list[Sample]], None] | None
+) -> list[Sample]:
+    """The samples of a block's frames in frame order, computed paths after their frame's."""
+    samples: list[Sample] = []
+    single = router.single
+    if feed is None and single is not None:
+        decode = single.decode_into
+        for frame in block:
+            decode(frame, samples)
+        return samples
+    route = router.route
+    if feed is None:
+        for frame in block:
+            route(frame).decode_into(frame, samples)
+        return samples
+    scratch: list[Sample] = []
+    for frame in block:
+        route(frame).decode_into(frame, scratch)
+        if scratch:
+            feed(scratch)  # the computed values this frame's samples change, appended
+            samples += scratch
+            scratch.clear()
+    return samples
+
+
+class _LineEncoder:
+    """Samples to JSON Lines, byte for byte what `json.dumps` of each field gives:
+    `{"ts": 1700000000.25, "path": "Vehicle.Speed", "value": 12.6}`."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        # Everything from `, "path": ` to the value's first character, once per path.
+        self._middle = {path: f', "path": {json.dumps(path)}, "value": ' for path in paths}
+        self._strings: dict[str, str] = {}  # choice names and other strings, escaped once
+
+    def lines(self, samples: Iterable[Sample]) -> str:
+        middle = self._middle
+        strings = self._strings
+        dumps = json.dumps
+        parts: list[str] = []
+        append = parts.append
+        last_ts: object = None
+        head = ""
+        value: Any  # dispatched on its exact class below
+        for path, ts, value in samples:
+            if ts is not last_ts:  # a frame's samples share its timestamp object
+                head = '{"ts": ' + repr(ts)
+                last_ts = ts
+            cls = value.__class__
+            if cls is float:
+                # float.__repr__ is what json writes for a finite float; inf and NaN differ.
+                text = repr(value) if value - value == 0.0 else dumps(value)
+            elif cls is int:
+                text = repr(value)
+            elif cls is bool:
+                text = "true" if value else "false"
+            elif cls is str:
+                found = strings.get(value)
+                if found is None:
+                    found = strings[value] = dumps(value)
+                text = found
+            else:
+                text = dumps(value)
+            append(f"{head}{middle[path]}{text}}}\n")
+        return "".join(parts)
 
 
 def open_output(target: str | None) -> TextIO:
