@@ -470,6 +470,77 @@ def test_rejections_go_to_the_response_topic_too(
     assert len(on_shared) == len(requests)
 
 
+def test_every_outcome_reaches_the_response_topic(
+    rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]],
+) -> None:
+    """The outcomes a healthy car never gives, each on the requester's response topic with its
+    correlation data, in order, and the same on P/commands/response: a precondition that does
+    not hold (rejected), feedback that never comes (timed_out), a bus that is down (failed).
+    No car runs here (the powertrain bus is up, with nobody on it), and the body bus is a
+    SocketCAN interface that does not exist, so it is down from the start."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    rig, running = rig_factory(scenario="parked", simulator=False)
+    text, down = re.subn(
+        r"(- name: body\n)      interface: virtual\n      channel: \S+\n",
+        r"\g<1>      interface: socketcan\n      channel: nosuchcan9\n",
+        rig.config.read_text(),
+    )
+    assert down == 1
+    rig.config.write_text(text)
+    got: list[tuple[str, bytes | None, dict[str, Any]]] = []
+    app = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    app.on_message = lambda _c, _u, m: got.append(
+        (m.topic, getattr(m.properties, "CorrelationData", None), json.loads(m.payload))
+    )
+    app.connect("127.0.0.1", rig.port)
+    app.loop_start()
+    app.subscribe("backend/replies/#", qos=1)
+    key, car = rig.key, rig.vehicle
+    requests = [  # (token, correlation data, the statuses expected)
+        (key.token(car, "charging.start"), b"c-pre", ["rejected"]),
+        (key.token(car, "charging.stop"), b"c-timeout", ["accepted", "timed_out"]),
+        (key.token(car, "hvac.stop"), b"c-down", ["accepted", "failed"]),
+    ]
+    ids = {c: jwt.decode(t, options={"verify_signature": False})["jti"] for t, c, _ in requests}
+    with running():
+        # No car, so no P/state: the first health message says the agent is up and subscribed.
+        wait_until(lambda: rig.sub.on("health"), 15, "the first health message")
+        for token, correlation, _statuses in requests:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "backend/replies/phone-7"
+            props.CorrelationData = correlation
+            app.publish(
+                f"vehicles/{car}/commands/request", token, qos=1, properties=props
+            ).wait_for_publish(5)
+        for jti in ids.values():
+            rig.final(jti, timeout=20)  # charging.stop waits out its 5 s feedback timeout
+        wait_until(lambda: len(got) >= 5, 10, "every answer on the reply topic")
+        time.sleep(0.3)  # nothing more comes
+    app.loop_stop()
+    app.disconnect()
+    assert {topic for topic, _c, _b in got} == {"backend/replies/phone-7"}
+    for _token, correlation, statuses in requests:
+        jti = ids[correlation]
+        mine = [body for _t, c, body in got if c == correlation]
+        assert [b["status"] for b in mine] == statuses, (correlation, mine)
+        assert {b["id"] for b in mine} == {jti}
+        assert mine == [r for r in rig.responses() if r["id"] == jti]  # the same answers
+        for body in mine:
+            validate("command-response", body)
+    by_status = {b["status"]: b for _t, _c, b in got if b["status"] != "accepted"}
+    assert by_status["rejected"]["reason"] == "PRECONDITION_FAILED"
+    assert "IsChargingCableConnected=unknown" in by_status["rejected"]["detail"]
+    assert "no confirmation within 5 s" in by_status["timed_out"]["detail"]
+    assert "IsCharging" in by_status["timed_out"]["detail"]
+    assert "bus 'body' is down" in by_status["failed"]["detail"]
+    # charging.stop's frames went out (repeat: 3 by default), to no car: hence timed_out.
+    assert rig.spy.count(CHARGE_REQ) == 3
+
+
 def _charging_events(rig: Rig) -> list[dict[str, Any]]:
     events = [m.json() for m in rig.sub.on("events") if m.json()["type"] == "charging"]
     for event in events:

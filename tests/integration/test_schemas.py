@@ -23,7 +23,15 @@ from paho.mqtt.properties import Properties
 from tests.support.agents import Key, trust_entry
 from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
 from tests.support.configs import daemon_config
-from tests.support.schemas import BY_TOPIC, errors, schema, validate
+from tests.support.schemas import (
+    BY_TOPIC,
+    FORMATS,
+    SCHEMAS,
+    errors,
+    formats_used,
+    schema,
+    validate,
+)
 
 ALERT = """\
   - name: schema_test_tyre
@@ -180,3 +188,31 @@ def test_the_health_example_in_the_docs_names_the_schema_keys() -> None:
     keys -= {"reasons"}  # listed as "every reason code"
     missing = sorted(k for k in keys if not re.search(rf"[`.]{k}[`.]", text))
     assert not missing, f"docs/mqtt.md does not describe: {missing}"
+
+
+def test_formats_are_checked_not_just_named() -> None:
+    """jsonschema passes a `format` unchecked unless its checker is installed: a date-time
+    that is no RFC 3339 time (a naive one, a date alone, words) must fail the check, and every
+    format the schemas name has a checker (tests/support/schemas.py refuses the rest)."""
+    used: set[str] = set()
+    for path in sorted(SCHEMAS.glob("*.schema.json")):
+        used |= formats_used(schema(path.name.removesuffix(".schema.json")))
+    assert "date-time" in used
+    assert used <= set(FORMATS.checkers)
+    event = {
+        "v": 1,
+        "seq": 7,
+        "type": "charging",
+        "name": "limit_started",
+        "ts": 1795575465.7,
+        "data": {
+            "start": "2026-11-23T17:00:00+00:00",
+            "end": "2026-11-23T18:30:00.250000+01:00",
+            "max_power_kw": 3.7,
+        },
+    }
+    validate("events", event)  # the positive control: what the agent's isoformat() writes
+    for wrong in ("2026-11-23T17:00:00", "2026-11-23", "at five", "2026-13-23T17:00:00Z"):
+        broken = copy.deepcopy(event)
+        broken["data"]["start"] = wrong
+        assert errors("events", broken), f"{wrong!r} passed as a date-time"

@@ -24,9 +24,32 @@ BY_TOPIC = {
 }
 
 
+# jsonschema checks a `format` only when a FormatChecker is passed AND the checker for that
+# format is installed (date-time needs rfc3339-validator, from the `format-nongpl` extra);
+# otherwise it passes any string in silence. Every format the schemas use must be checked.
+FORMATS = FormatChecker()
+
+
+def formats_used(node: Any) -> set[str]:
+    """Every `format` named anywhere in a schema document."""
+    if isinstance(node, dict):
+        found = {node["format"]} if isinstance(node.get("format"), str) else set()
+        for value in node.values():
+            found |= formats_used(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*map(formats_used, node)) if node else set()
+    return set()
+
+
 @cache
 def schema(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    unchecked = formats_used(loaded) - set(FORMATS.checkers)
+    assert not unchecked, (
+        f"{name} schema: formats {sorted(unchecked)} would pass unchecked: install the dev "
+        "extra (jsonschema[format-nongpl])"
+    )
     return loaded
 
 
@@ -41,7 +64,7 @@ def validator(name: str, definition: str | None = None) -> Draft202012Validator:
         document.pop("then", None)
         document.pop("else", None)
     Draft202012Validator.check_schema(document)
-    return Draft202012Validator(document, format_checker=FormatChecker())
+    return Draft202012Validator(document, format_checker=FORMATS)
 
 
 def errors(name: str, payload: Any, definition: str | None = None) -> list[str]:
