@@ -16,6 +16,7 @@ import logging
 import socket
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("Range", "Vehicle.Powertrain.TractionBattery.Range", "km"),
     ("Speed", "Vehicle.Speed", "{:.1f} km/h"),
     ("Battery power", "Vehicle.Powertrain.TractionBattery.CurrentPower", "kw"),  # computed
+    ("Battery temperature", "Vehicle.Powertrain.TractionBattery.Temperature.Average", "{:.1f} °C"),
     ("Cabin temperature", "Vehicle.Cabin.HVAC.AmbientAirTemperature", "{:.1f} °C"),
     ("Target temperature", "Vehicle.Cabin.HVAC.Station.Row1.Driver.Temperature", "{:.1f} °C"),
     ("Climate (A/C)", "Vehicle.Cabin.HVAC.IsAirConditioningActive", "onoff"),
@@ -57,13 +59,18 @@ ROWS: list[tuple[str, str, str]] = [
     ("Odometer", "Vehicle.TraveledDistance", "km"),  # VSS metres, shown in km
 ]
 
-# A hot afternoon: parked with a warm cabin (the console pre-conditions it with a signed
-# hvac.start), then a drive, then parked and plugged in. Enough happens to watch.
+# A hot afternoon: plugged in with a warm cabin (the console pre-conditions it with a signed
+# hvac.start) and a warm pack whose coolant pump stutters from 5 s to 12 s (the pack heats by
+# 1 degC a second while charging, then cools as fast: the campaign the console applies fires
+# on it), then a drive, then parked and plugged in again. Enough happens to watch.
 DEMO_SCENARIO = Scenario(
-    mode="parked",
-    initial={"soc": 64.0, "cabin_temp": 31.0, "exterior_temp": 29.0},
+    mode="plugged_in",
+    initial={"soc": 64.0, "cabin_temp": 31.0, "exterior_temp": 29.0, "pack_temp": 36.0},
     tyre_leak_bar_per_h={"rear_left": 0.6},
     events=[
+        Event(at_s=5, set={"pack_heating_c_per_min": 60}),
+        Event(at_s=12, set={"pack_heating_c_per_min": -60}),
+        Event(at_s=19, set={"pack_heating_c_per_min": 0}),
         Event(at_s=45, mode="driving"),
         Event(at_s=120, mode="parked"),
         Event(at_s=135, mode="plugged_in"),
@@ -72,6 +79,31 @@ DEMO_SCENARIO = Scenario(
 DEMO_KID = "demo-console"
 DEMO_TARGET_C = 21.0
 SEND_AFTER_S = 4.0
+# The fleet's telemetry team, with a key of its own that may only send campaigns: what a
+# back end does to learn about a failing pump (docs/campaigns.md). Windows short enough for
+# `--duration 20`: applied at the first P/state (~1 s), triggered ~10 s, published ~14 s.
+TEAM_KID = "demo-telemetry-team"
+PACK_TEMP = "Vehicle.Powertrain.TractionBattery.Temperature.Average"
+DEMO_CAMPAIGN: dict[str, Any] = {
+    "id": "battery-heat",
+    "version": 1,
+    "signals": [
+        {"path": PACK_TEMP, "min_interval_ms": 0, "max_samples": 200},
+        {
+            "path": "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+            "min_interval_ms": 1000,
+            "max_samples": 20,
+        },
+    ],
+    "trigger": {
+        "condition": f"avg({PACK_TEMP}, 2) > 40",
+        "mode": "rising_edge",
+        "min_interval_s": 600,
+    },
+    "pre_trigger_s": 5,
+    "post_trigger_s": 3,
+    "priority": 2,
+}
 
 
 def source_config() -> Path:
@@ -120,6 +152,11 @@ class Dashboard:
         self.command = "[dim]…[/dim]"
         self.command_statuses: list[str] = []
         self.command_id: str | None = None
+        self.campaign = "[dim]…[/dim]"
+        self.campaign_statuses: list[str] = []
+        self.campaign_command_id: str | None = None
+        self.captures: list[dict[str, Any]] = []
+        self.state_seen = asyncio.Event()
         self.first_value_after: float | None = None
         self.said_goodbye = asyncio.Event()
         self._started = time.monotonic()
@@ -139,7 +176,24 @@ class Dashboard:
         for label, path, fmt in ROWS:
             table.add_row(label, _render(label, fmt, self.values.get(path)))
         table.add_row("Signed command", self.command)
+        table.add_row("Campaign", self.campaign)
         return table
+
+    def capture_summary(self, capture: dict[str, Any]) -> str:
+        """A P/campaigns message in a line: how many samples, the window around the trigger,
+        and the pack temperature from its start to its end."""
+        samples = capture.get("samples", [])
+        trigger = float(capture.get("trigger_ts", 0.0))
+        if not samples:
+            return f"{capture.get('campaign')}: an empty capture"
+        times = [float(s["ts"]) - trigger for s in samples]
+        temps = [s["value"] for s in samples if s["path"] == PACK_TEMP]
+        pack = f", pack {temps[0]:.1f} → {temps[-1]:.1f} °C" if temps else ""
+        return (
+            f"{capture.get('campaign')} v{capture.get('version')}: {len(samples)} samples "
+            f"({len(temps)} of the pack temperature), {min(times):+.1f} s to "
+            f"{max(times):+.1f} s around its trigger{pack}, seq {capture.get('seq')}"
+        )
 
     def take(self, topic: str, payload: bytes) -> None:
         try:
@@ -154,6 +208,26 @@ class Dashboard:
                 self.values[sample["path"]] = sample["value"]
         elif topic.endswith("/state"):
             self.values.update(body.get("values", {}))
+            self.state_seen.set()
+        elif "/campaigns/" in topic:
+            self.captures.append(body)
+            self.campaign = "[green]captured[/green] " + self.capture_summary(body)
+        elif (
+            topic.endswith("/events")
+            and body.get("type") == "campaign"
+            and body.get("name") == "triggered"
+            and not self.captures
+        ):
+            temp = self.values.get(PACK_TEMP)
+            at = f" at {float(temp):.1f} °C" if isinstance(temp, int | float) else ""
+            self.campaign = f"battery-heat: [yellow]triggered[/yellow]{at}, capturing…"
+        elif topic.endswith("/commands/response") and body.get("id") == self.campaign_command_id:
+            status = str(body.get("status"))
+            if body.get("reason"):
+                status += f" ({body['reason']}: {body.get('detail')})"
+            self.campaign_statuses.append(status)
+            if not self.captures:
+                self.campaign = "campaign.apply battery-heat: " + " → ".join(self.campaign_statuses)
         elif topic.endswith("/commands/response") and body.get("id") == self.command_id:
             status = str(body.get("status"))
             if body.get("reason"):
@@ -203,13 +277,40 @@ async def _send_hvac_start(
         await client.publish(f"{prefix}/commands/request", token.encode(), qos=1)
 
 
-def _demo_vehicle(cfg: Path, port: int, state_dir: Path, public_key: str) -> dbc.Vehicle:
+async def _send_campaign(
+    port: int, prefix: str, vehicle_id: str, key: Ed25519PrivateKey, dashboard: Dashboard
+) -> None:
+    """What the fleet's telemetry team does: a signed campaign.apply, once the car answers
+    (its first P/state comes after it subscribed to its commands)."""
+    await dashboard.state_seen.wait()
+    campaign = dict(DEMO_CAMPAIGN)
+    campaign["expires"] = datetime.fromtimestamp(time.time() + 86_400, UTC).isoformat()
+    token = sign(
+        key,
+        kid=TEAM_KID,
+        vehicle=vehicle_id,
+        command="campaign.apply",
+        params={"campaign": campaign},
+        ttl_s=60,
+    )
+    dashboard.campaign_command_id = jwt.decode(token, options={"verify_signature": False})["jti"]
+    dashboard.campaign = "campaign.apply battery-heat: sent"
+    async with aiomqtt.Client("127.0.0.1", port, identifier="demo-team") as client:
+        await client.publish(f"{prefix}/commands/request", token.encode(), qos=1)
+
+
+def _demo_vehicle(
+    cfg: Path, port: int, state_dir: Path, public_key: str, team_key: str
+) -> dbc.Vehicle:
     loaded = config.load(cfg)
     s = loaded.settings
-    trust = TrustedKey(kid=DEMO_KID, public_key=public_key, allow=["hvac.*", "state.*"])
+    trust = [
+        TrustedKey(kid=DEMO_KID, public_key=public_key, allow=["hvac.*", "state.*"]),
+        TrustedKey(kid=TEAM_KID, public_key=team_key, allow=["campaign.*"]),
+    ]
     settings = s.model_copy(
         update={
-            "commands": s.commands.model_copy(update={"trust": [trust]}),
+            "commands": s.commands.model_copy(update={"trust": trust}),
             # amqtt speaks MQTT 3.1.1.
             "mqtt": s.mqtt.model_copy(
                 update={"host": "127.0.0.1", "port": port, "protocol": "3.1.1", "tls": None}
@@ -241,9 +342,11 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
         log_path = state_dir / "agent.log"
         with open(log_path, "w", encoding="utf-8") as log_file:  # noqa: ASYNC230 - once, at start
             logs.configure("info", "json", stream=log_file)
-            key = Ed25519PrivateKey.generate()
+            key, team = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
             public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
-            vehicle = _demo_vehicle(cfg, port, state_dir, public)
+            team_public = base64.b64encode(team.public_key().public_bytes_raw()).decode()
+            vehicle = _demo_vehicle(cfg, port, state_dir, public, team_public)
+            vehicle_id = vehicle.loaded.settings.vehicle_id
             agent = Agent(vehicle, scenario=DEMO_SCENARIO)
             dashboard = Dashboard(vehicle.loaded.settings.topic_prefix)
             console.print(
@@ -259,15 +362,14 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
                 with live_ctx as live:
                     async with asyncio.TaskGroup() as tg:
                         follower = tg.create_task(dashboard.follow(port, live))
-                        sender = tg.create_task(
-                            _send_hvac_start(
-                                port,
-                                dashboard.prefix,
-                                vehicle.loaded.settings.vehicle_id,
-                                key,
-                                dashboard,
-                            )
-                        )
+                        senders = [
+                            tg.create_task(
+                                _send_hvac_start(port, dashboard.prefix, vehicle_id, key, dashboard)
+                            ),
+                            tg.create_task(
+                                _send_campaign(port, dashboard.prefix, vehicle_id, team, dashboard)
+                            ),
+                        ]
                         if duration is not None:
                             loop = asyncio.get_running_loop()
                             loop.call_later(duration, agent.stop_requested.set)
@@ -275,21 +377,29 @@ async def _run(cfg: Path, duration: float | None, console: Console) -> int:
                         # The agent's goodbye (online: false) is the last thing to show.
                         await wait_event(dashboard.said_goodbye, 3.0)
                         follower.cancel()
-                        sender.cancel()
+                        for sender in senders:
+                            sender.cancel()
             finally:
                 await broker.shutdown()
         if not console.is_terminal:
             console.print(dashboard.table())
         first = dashboard.first_value_after
+        # The closing lines are for scripts and CI to read: one line each, however long.
+        lines = []
         if dashboard.command_statuses:
-            console.print(f"demo: hvac.start {' → '.join(dashboard.command_statuses)}")
-        console.print(
+            lines.append(f"demo: hvac.start {' → '.join(dashboard.command_statuses)}")
+        if dashboard.campaign_statuses:
+            lines.append(f"demo: campaign.apply {' → '.join(dashboard.campaign_statuses)}")
+        lines += [f"demo: campaign {dashboard.capture_summary(c)}" for c in dashboard.captures]
+        lines.append(
             f"demo: {dashboard.telemetry} telemetry messages, seq {dashboard.first_seq}.."
             f"{dashboard.last_seq}, "
             f"first values after {first:.1f} s"
             if first is not None
             else "demo: no values seen"
         )
+        for line in lines:
+            console.print(line, soft_wrap=True)
     return 0 if dashboard.telemetry > 0 else 1
 
 

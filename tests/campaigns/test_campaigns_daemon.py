@@ -32,8 +32,38 @@ BMS = PT.get_message_by_name("BMS_Status").frame_id
 SCENARIO = CONFIG_DIR / "scenarios" / "battery-heat.yaml"
 
 
-def _events(rig: Rig) -> list[dict[str, Any]]:
-    return [m.json() for m in rig.sub.on("events") if m.json()["type"] == "campaign"]
+def _events(rig: Rig, campaign: str | None = None) -> list[dict[str, Any]]:
+    found = [m.json() for m in rig.sub.on("events") if m.json()["type"] == "campaign"]
+    return [e for e in found if campaign is None or e["data"]["campaign"] == campaign]
+
+
+def _replay(rig: Rig, tmp_path: Path) -> list[dict[str, Any]]:
+    """The spy's recording of the powertrain bus, replayed by the agent's own replay verb."""
+    log = tmp_path / "pt.log"
+    frames = [m for m in list(rig.spy.frames) if m.arbitration_id == BMS]
+    with can.Logger(str(log)) as writer:  # candump format; each frame keeps its channel
+        for m in frames:
+            writer.on_message_received(m)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", "-c", str(rig.config), "--every-frame", str(log)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _window(replayed: list[dict[str, Any]], trigger: float) -> list[tuple[float, Any]]:
+    """Every frame's pack temperature from 10 s before a trigger to 5 s after it."""
+    return [
+        (round(s["ts"], 6), s["value"])
+        for s in replayed
+        if s["path"] == TEMP and trigger - 10 - 1e-6 <= s["ts"] <= trigger + 5 + 1e-6
+    ]
+
+
+def _temps(capture: dict[str, Any]) -> list[tuple[float, Any]]:
+    return [(round(s["ts"], 6), s["value"]) for s in capture["samples"] if s["path"] == TEMP]
 
 
 @pytest.mark.timeout(300)
@@ -72,12 +102,23 @@ def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
         "post_trigger_s": 5,
         "priority": 2,
     }
+    # The same condition without min_interval_s: it shows the condition fire again after the
+    # restart, when battery-heat stays silent because its stored last trigger is too recent.
+    watch = {
+        **campaign,
+        "id": "battery-watch",
+        "signals": [{"path": TEMP, "min_interval_ms": 0, "max_samples": 600}],
+        "trigger": {"condition": f"avg({TEMP}, 5) > 40", "mode": "rising_edge"},
+    }
     with running():
         wait_until(lambda: rig.sub.on("state"), 15, "the first state")
-        result = _run(rig, rig.key.token(rig.vehicle, "campaign.apply", {"campaign": campaign}))
-        assert result["status"] == "succeeded", result
+        for body in (campaign, watch):
+            result = _run(rig, rig.key.token(rig.vehicle, "campaign.apply", {"campaign": body}))
+            assert result["status"] == "succeeded", result
         wait_until(lambda: rig.sub.on("campaigns/battery-heat"), 60, "the first capture")
+        wait_until(lambda: rig.sub.on("campaigns/battery-watch"), 15, "the watch's first capture")
         time.sleep(max(0.0, (t0 + timedelta(seconds=40)).timestamp() - time.time()))
+    restarted = time.time()
     with running():  # restarted between the two failures of the pump
         wait_until(
             lambda: any(
@@ -87,6 +128,11 @@ def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
             ),
             15,
             "the campaign active again after the restart",
+        )
+        wait_until(
+            lambda: len(rig.sub.on("campaigns/battery-watch")) >= 2,
+            60,
+            "the watch's capture of the second failure, after the restart",
         )
         wait_until(lambda: any(e["name"] == "expired" for e in _events(rig)), 60, "expiry")
         expired_at = time.time()
@@ -118,38 +164,42 @@ def test_a_campaign_captures_its_window_once_survives_a_restart_and_expires(
     trigger = capture["trigger_ts"]
     assert expired_at >= (t0 + timedelta(seconds=85)).timestamp() - 0.01
     assert expired_at <= (t0 + timedelta(seconds=85)).timestamp() + 2.0
-    names = [e["name"] for e in _events(rig)]
+    names = [e["name"] for e in _events(rig, "battery-heat")]
     assert names == ["accepted", "started", "triggered", "expired"], names
 
-    # The spy's recording of the powertrain bus, replayed by the agent's own replay verb.
-    log = tmp_path / "pt.log"
-    frames = [m for m in list(rig.spy.frames) if m.arbitration_id == BMS]
-    with can.Logger(str(log)) as writer:  # candump format; each frame keeps its channel
-        for m in frames:
-            writer.on_message_received(m)
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "replay", "-c", str(rig.config), "--every-frame", str(log)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    replayed = [json.loads(line) for line in done.stdout.splitlines()]
-    window = [
-        (round(s["ts"], 6), s["value"])
-        for s in replayed
-        if s["path"] == TEMP and trigger - 10 - 1e-6 <= s["ts"] <= trigger + 5 + 1e-6
-    ]
-    captured = [(round(s["ts"], 6), s["value"]) for s in capture["samples"] if s["path"] == TEMP]
+    replayed = _replay(rig, tmp_path)
+    window = _window(replayed, trigger)
+    captured = _temps(capture)
     assert captured == window  # every frame's value of the window, nothing else
     assert len(window) > 140  # ~15 s at 10 Hz
     socs = [s["ts"] for s in capture["samples"] if s["path"] == SOC]
     assert all(b - a >= 1.0 - 1e-6 for a, b in itertools.pairwise(socs))
     assert 12 <= len(socs) <= 16
     late = expired_at - (t0 + timedelta(seconds=85)).timestamp()
+
+    # After the restart: the watch (same condition, no min_interval_s) captured the second
+    # failure, every frame of its window; battery-heat did not, because its last trigger
+    # (stored) was less than its min_interval_s of 600 s before.
+    watched = [m.json() for m in rig.sub.on("campaigns/battery-watch")]
+    assert len(watched) == 2, [w["trigger_ts"] for w in watched]
+    first, second = watched
+    assert first["trigger_ts"] == trigger  # the same frames, the same condition
+    assert _temps(first) == window
+    assert restarted < second["trigger_ts"] < trigger + 600
+    assert second["trigger_ts"] - trigger > 30  # the second failure, not the first
+    again = _window(replayed, second["trigger_ts"])
+    assert _temps(second) == again and len(again) > 140
+    assert second["seq"] == first["seq"] + 1  # its own stream, continued across the restart
+    watch_names = [e["name"] for e in _events(rig, "battery-watch")]
+    assert watch_names == ["accepted", "started", "triggered", "triggered", "expired"]
+    trimmed = {**capture, "samples": capture["samples"][:3]}
     report(
         f"campaign test: one capture of {len(capture['samples'])} samples "
         f"({len(window)} of the pack temperature: every frame, the car at 2x sends 20 a second; "
         f"{len(socs)} of the state of charge at 1 Hz) around trigger_ts {trigger:.3f}; "
         f"the second failure ignored (min_interval_s); expired {late:.2f} s after its time;"
-        f" P/campaigns message: {json.dumps(capture)[:300]}..."
+        f" after the restart the same condition without min_interval_s captured the second "
+        f"failure ({len(again)} frames, trigger_ts {second['trigger_ts']:.3f}) and battery-heat"
+        f" stayed silent; P/campaigns/battery-heat message (3 of its samples): "
+        f"{json.dumps(trimmed, separators=(',', ':'))}"
     )

@@ -42,3 +42,21 @@ def test_demo_runs_by_itself_and_shows_live_values() -> None:
     cabin = re.search(r"Cabin temperature\s+│\s+([\d.]+) °C", out)
     assert cabin and float(cabin[1]) < 31.0
     assert re.search(r"Climate \(A/C\)\s+│\s+on", out)
+    # The console's telemetry team applied a signed campaign; the pump stutters at 5 s, the
+    # pack heats past the campaign's 40 degC (avg over 2 s) and its capture arrives: 5 s
+    # before the trigger to 3 s after it, every frame of the pack temperature (10 Hz).
+    assert "demo: campaign.apply accepted → succeeded" in out
+    assert re.search(r"Battery temperature\s+│\s+\d+\.\d °C", out)
+    assert re.search(r"Campaign\s+│\s+captured battery-heat v1: \d+ samples", out), out
+    captures = re.findall(
+        r"demo: campaign battery-heat v1: (\d+) samples \((\d+) of the pack temperature\), "
+        r"([-+][\d.]+) s to ([-+][\d.]+) s around its trigger, pack ([\d.]+) → ([\d.]+) °C, "
+        r"seq (\d+)",
+        out,
+    )
+    assert len(captures) == 1, out  # once: min_interval_s
+    samples, temps, start, end, pack_from, pack_to, seq = captures[0]
+    assert 70 <= int(temps) <= 81 and int(samples) > int(temps)  # and the charge, at 1 Hz
+    assert -5.0 <= float(start) <= -4.8 and 2.8 <= float(end) <= 3.0
+    assert float(pack_from) < 40.0 < float(pack_to)  # before the stutter, then past the trigger
+    assert int(seq) > 10**12  # its own stream, from the new outbox's clock

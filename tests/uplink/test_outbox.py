@@ -278,3 +278,62 @@ def test_a_campaign_stream_of_a_new_file_starts_from_its_floor(tmp_path: Path) -
     with Outbox(tmp_path / "a.db", clock=lambda: 1_800_000_000.0) as box:
         seq = box.append("campaign", "campaigns/x", lambda s: b"{}", stream="campaign/x")
     assert seq == 1_800_000_000_000 + 1
+
+
+def test_campaign_captures_are_dropped_by_their_priority(tmp_path: Path) -> None:
+    """The drop order of campaigns.md and reliability.md, record by record: campaign captures
+    of a priority above telemetry's (5) first, then telemetry and captures of priority 5
+    oldest first, then captures below 5 (the highest number first), and only then events and
+    command responses, oldest first; records in flight never."""
+    with Outbox(tmp_path / "o.db", max_bytes=128 * KIB, clock=epoch) as box:
+        pad = "y" * 900
+        made: dict[str, int] = {}  # name -> record id
+
+        def add(name: str) -> None:
+            kind, priority = name[0], int(name[1]) if name[0] == "c" else 5
+            body = json.dumps({"name": name, "pad": pad}).encode()
+            if kind == "t":
+                box.append("telemetry", "telemetry", lambda _s: body, stream="telemetry")
+            elif kind == "c":
+                topic = f"campaigns/{name}"
+                box.append(
+                    "campaign", topic, lambda _s: body, stream=topic, priority=priority, items=3
+                )
+            elif kind == "e":
+                box.append("event", "events", lambda _s: body, stream="events")
+            else:
+                box.append("response", "commands/response", lambda _s: body)
+            made[name] = box.pending(1_000_000)[-1].id
+
+        # In the order they were stored: c<priority><which>, t telemetry, e events, r responses.
+        stored = "e1 t1 c2a t2 c9a r1 t3 c7 c0 t4 c9b e2 c5 t5 r2 t6 c2b"
+        for name in stored.split():
+            add(name)
+        assert box.counters() == {} and not box.dropping  # all of it fits
+        box.in_flight = {made["t1"], made["c9b"]}  # published, waiting for their PUBACK
+        expected = "c9a c7 t2 t3 t4 c5 t5 t6 c2a c2b c0 e1 r1 e2 r2"
+        order = expected.split()
+        ids = {made[n]: n for n in made}
+
+        def gone() -> list[str]:
+            left = {r.id for r in box.pending(1_000_000)}
+            return [ids[i] for i in sorted(ids) if i not in left]
+
+        steps: list[list[str]] = []
+        for k in range(200):
+            box.append("event", "events", lambda _s, k=k: b"x" * 1500, stream="events")
+            dropped = gone()
+            # Whatever room each append needed, what is gone is the head of the order.
+            assert sorted(dropped) == sorted(order[: len(dropped)]), (k, dropped)
+            if not steps or len(dropped) > len(steps[-1]):
+                steps.append(dropped)
+            if len(dropped) == len(order):
+                break
+        counters = box.counters()
+        survivors = {ids[r.id] for r in box.pending(1_000_000) if r.id in ids}
+    assert survivors == {"t1", "c9b"}  # in flight all along
+    assert len(steps) >= 5  # room was made in several rounds, each one the order's next
+    assert (counters["dropped_campaign"], counters["dropped_telemetry"]) == (6, 5)
+    assert counters["dropped_response"] == 2
+    assert counters["dropped_event"] >= 2  # e1, e2 and some of the events that pushed
+    assert counters["dropped_samples"] == 6 * 3
