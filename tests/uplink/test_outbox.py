@@ -261,6 +261,37 @@ def test_a_truncated_wal_keeps_the_committed_prefix(
     assert after == 1_800_000_000_001  # not len(kept) + 1, which may have been published
 
 
+def test_a_file_replaced_under_the_open_outbox_keeps_its_records_and_streams(
+    tmp_path: Path,
+) -> None:
+    """An older copy of the file appears at the path (a repaired filesystem mounted there
+    after the disk went read-only): the outbox moves to it with exactly the records it
+    still holds (the copy's acknowledged ones are not sent again), its counters, and its
+    streams where they were: the open outbox knows every seq it handed out."""
+    path = tmp_path / "o.db"
+    with Outbox(path, max_bytes=64 * KIB, clock=epoch) as box:
+        for _ in range(120):
+            telemetry(box)
+        box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        older = path.read_bytes()
+        box.ack([r.id for r in box.pending(3)])
+        assert telemetry(box) == 121
+        waiting = [s for _, s in kinds_and_seqs(box)]
+        dropped = box.counters()["dropped_telemetry"]
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.write_bytes(older)  # another inode, records that were acknowledged since
+        box.maintain()
+        assert [s for _, s in kinds_and_seqs(box)][: len(waiting)] == waiting
+        assert box.counters()["dropped_telemetry"] == dropped
+        assert telemetry(box) == 122
+        replaced = next(e for e in events(box) if e["name"] == "outbox_recreated")["data"]
+        assert replaced == {"carried_over": len(waiting), "seq_from": 122}
+    with Outbox(path, clock=lambda: 0.0) as box:  # and the file holds it all
+        assert [s for k, s in kinds_and_seqs(box) if k == "telemetry"] == [*waiting, 122]
+        assert telemetry(box) == 123
+
+
 def test_a_restart_in_the_same_boot_continues_the_streams(tmp_path: Path) -> None:
     """A crash (kill -9) within one boot loses nothing the OS had: no jump."""
     path = tmp_path / "o.db"
