@@ -216,8 +216,8 @@ class Outbox:
                 raise OutboxError(f"cannot open the outbox at {self.path}: {again}") from again
         except OSError as exc:
             raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from exc
-        if not fresh and self.damaged is None:
-            fresh = self._power_was_cut()
+        power_cut = not fresh and self.damaged is None and self._power_was_cut()
+        fresh = fresh or power_cut
         found = salvage(Path(self.damaged["moved_to"])) if self.damaged is not None else None
         if found is not None:
             self._seq = dict(found.seq)  # the new streams start above these (and the clock)
@@ -231,6 +231,15 @@ class Outbox:
                 "outbox_salvaged", path=str(self.path), salvaged=len(found.rows), lost=found.lost
             )
             self.append_event("storage", "outbox_damaged", data)
+        if power_cut:
+            # What the cut took (the WAL's unsynced tail) is gone with it: not even its
+            # count can be read, so the back end is told that records may be lost, and
+            # where the streams continue.
+            self.append_event(
+                "storage",
+                "outbox_power_cut",
+                {"seq_from": self._seq["telemetry"] + 1, "lost": None},
+            )
         self._mark_open()
         self._spare()
 
