@@ -44,12 +44,14 @@ class StorageLock:
         return self
 
     def check(self) -> None:
-        """The lock file deleted under us (with the storage directory): take a new one, or a
-        second daemon could start on the path."""
+        """The lock file deleted under us (with the storage directory) or replaced (another
+        filesystem mounted at the path): take a new one, or a second daemon could start on
+        the path."""
         if self._fd is None:
             return
         try:
-            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+            now, held = os.stat(self.path), os.fstat(self._fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
                 return
         except OSError:
             pass

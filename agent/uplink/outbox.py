@@ -111,6 +111,11 @@ def _is_damage(exc: sqlite3.Error) -> bool:
 _is_full = is_full
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 def _current_boot() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -168,7 +173,9 @@ class Outbox:
         self._last_id = 0  # the highest record id handed out (disk or memory)
         self._seq: dict[str, int] = {}  # the last seq of each stream (disk or memory)
         self._unacked: set[int] = set()  # acknowledged, but the DELETE could not be saved
-        self._inode: int | None = None
+        # (device, inode) of the open file: a file replaced by one on another filesystem
+        # (a repaired one mounted at the path) can have the same inode number
+        self._file: tuple[int, int] | None = None
         self._refused = Repeating(log, "outbox_on_memory")
         self._ack_failed = Repeating(log, "outbox_ack_not_saved", level="warning")
         self._vanished = Repeating(log, "outbox_file_vanished")
@@ -209,8 +216,8 @@ class Outbox:
                 raise OutboxError(f"cannot open the outbox at {self.path}: {again}") from again
         except OSError as exc:
             raise OutboxError(f"cannot open the outbox at {self.path}: {exc}") from exc
-        if not fresh and self.damaged is None:
-            fresh = self._power_was_cut()
+        power_cut = not fresh and self.damaged is None and self._power_was_cut()
+        fresh = fresh or power_cut
         found = salvage(Path(self.damaged["moved_to"])) if self.damaged is not None else None
         if found is not None:
             self._seq = dict(found.seq)  # the new streams start above these (and the clock)
@@ -224,6 +231,15 @@ class Outbox:
                 "outbox_salvaged", path=str(self.path), salvaged=len(found.rows), lost=found.lost
             )
             self.append_event("storage", "outbox_damaged", data)
+        if power_cut:
+            # What the cut took (the WAL's unsynced tail) is gone with it: not even its
+            # count can be read, so the back end is told that records may be lost, and
+            # where the streams continue.
+            self.append_event(
+                "storage",
+                "outbox_power_cut",
+                {"seq_from": self._seq["telemetry"] + 1, "lost": None},
+            )
         self._mark_open()
         self._spare()
 
@@ -272,7 +288,7 @@ class Outbox:
         clock in milliseconds: a vehicle whose file was deleted or replaced must not repeat
         numbers it published before."""
         db = self.db
-        self._inode = os.stat(self.path).st_ino
+        self._file = _file_id(self.path)
         if fresh:
             seed = max(int(self._clock() * 1000), *self._seq.values(), 0)
             with self._tx() as tx:
@@ -715,12 +731,17 @@ class Outbox:
         self.ack(batch)
 
     def _check_file(self) -> None:
-        """A file deleted (or replaced) under the running daemon: start a new one at the
-        path, carrying over the records the old one still holds."""
-        if self._db is None or self._inode is None:
+        """A file deleted or replaced under the running daemon (also a repaired filesystem
+        mounted at the path after the disk went read-only): continue in a file at the path,
+        with exactly the records the old one still holds (readable even when it no longer
+        takes writes), its counters, and the streams where they are: the running daemon
+        knows every seq it handed out, so nothing jumps. Records a replacing file brings
+        that the old one no longer holds were acknowledged (or never ours): removed, not
+        sent again."""
+        if self._db is None or self._file is None:
             return
         try:
-            same = os.stat(self.path).st_ino == self._inode
+            same = _file_id(self.path) == self._file
         except OSError:
             same = False
         if same:
@@ -735,15 +756,28 @@ class Outbox:
             rows = old.execute(
                 "SELECT id, kind, topic, payload, created, items, correlation FROM outbox"
             ).fetchall()
+            counters = old.execute("SELECT name, value FROM counters").fetchall()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
-            self._loaded(True)
             with self._tx() as db:
+                stale = db.execute("DELETE FROM outbox").rowcount
                 db.executemany(
                     "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
                     "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                db.executemany(
+                    "INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) "
+                    "DO UPDATE SET value = max(value, excluded.value)",
+                    counters,
+                )
+                db.executemany(
+                    "INSERT INTO seq(stream, last) VALUES(?, ?) ON CONFLICT(stream) "
+                    "DO UPDATE SET last = max(last, excluded.last)",
+                    list(self._seq.items()),
+                )
+            self._loaded(False)
+            self._mark_open()
         except (sqlite3.Error, OSError) as exc:
             if self._db is not old:
                 with contextlib.suppress(sqlite3.Error):
@@ -753,11 +787,12 @@ class Outbox:
             return
         with contextlib.suppress(sqlite3.Error):
             old.close()
-        self._vanished.cleared(path=str(self.path), carried_over=len(rows))
+        seq_from = self._seq.get("telemetry", self._seq.get("*", 0)) + 1
+        self._vanished.cleared(
+            path=str(self.path), carried_over=len(rows), stale=stale, seq_from=seq_from
+        )
         self.append_event(
-            "storage",
-            "outbox_recreated",
-            {"carried_over": len(rows), "seq_from": self._seq.get("telemetry", 0)},
+            "storage", "outbox_recreated", {"carried_over": len(rows), "seq_from": seq_from}
         )
 
     # --- figures -------------------------------------------------------------------------

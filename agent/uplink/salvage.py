@@ -30,6 +30,11 @@ def salvage(path: Path) -> Salvage:
     except sqlite3.Error:
         return found
     try:
+        # A file cut short (a truncated main file) says in its header that it has more
+        # pages than it holds; SQLite refuses such a file as corrupt before reading a page,
+        # unless the schema is "writable" (read-only here: nothing is written).
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA writable_schema=ON")
         with contextlib.suppress(sqlite3.Error):
             found.seq = {str(s): int(v) for s, v in db.execute("SELECT stream, last FROM seq")}
         with contextlib.suppress(sqlite3.Error):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,33 @@ def ext4(where: Path, image: Path, size_mb: int = 4) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
     finally:
         subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def repaired(where: Path, image: Path) -> Iterator[Path]:
+    """What an operator does once ext4 has taken the filesystem at `where` read-only on an
+    error (the kernel will not remount it rw: docs/reliability.md): a copy of its image,
+    checked with e2fsck, mounted rw in its place. The broken mount is detached lazily, so a
+    running daemon keeps its open files on it (still readable) while the path leads to the
+    repaired filesystem."""
+    copy = image.with_name(f"{image.name}.repaired")
+    shutil.copyfile(image, copy)
+    fsck = subprocess.run(["e2fsck", "-fy", str(copy)], capture_output=True, text=True)
+    assert fsck.returncode in (0, 1, 2), fsck.stdout + fsck.stderr  # 1, 2: errors corrected
+    loop = subprocess.run(["losetup", "-f", "--show", str(copy)], capture_output=True, text=True)
+    assert loop.returncode == 0, loop.stderr
+    device = loop.stdout.strip()
+    try:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=True)
+        done = _mount("-o", "errors=remount-ro", device, str(where))
+        assert done.returncode == 0, done.stderr
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+        copy.unlink(missing_ok=True)
 
 
 def fs_error(where: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -161,12 +162,17 @@ def test_old_telemetry_expires(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_damaged_file_is_moved_aside(tmp_path: Path, damage: str) -> None:
+def test_a_damaged_file_is_moved_aside(
+    tmp_path: Path, damage: str, report: Callable[[str], None]
+) -> None:
+    """Random bytes (no record can be read, not even how many there were: `lost` is None)
+    or a main file cut in half (the records on the surviving pages are kept, each of the
+    others counted as lost)."""
     path = tmp_path / "o.db"
     if damage == "garbage":
         path.write_bytes(os.urandom(64 * KIB))
     else:
-        with Outbox(path) as box:
+        with Outbox(path, clock=epoch) as box:
             for _ in range(300):
                 telemetry(box)
         data = path.read_bytes()
@@ -178,10 +184,25 @@ def test_a_damaged_file_is_moved_aside(tmp_path: Path, damage: str) -> None:
         assert box.damaged is not None
         moved = Path(box.damaged["moved_to"])
         assert moved.exists() and moved.name.startswith("o.db.damaged-")
+        kept = [s for k, s in kinds_and_seqs(box) if k == "telemetry"]
+        lost = box.counters().get("lost_records", 0)
         # Fresh numbers start from the clock, so they cannot repeat the lost file's numbers.
-        assert telemetry(box) == int(now * 1000) + 2 or telemetry(box) > 300
+        assert telemetry(box) == int(now * 1000) + 1
         damaged = [e for e in events(box) if e["name"] == "outbox_damaged"]
-        assert len(damaged) == 1 and damaged[0]["data"]["moved_to"] == str(moved)  # type: ignore[index]
+        assert len(damaged) == 1
+        info = cast(dict[str, Any], damaged[0]["data"])
+        assert info["moved_to"] == str(moved)
+    report(
+        f"{'random bytes' if damage == 'garbage' else 'main file cut in half'} (unit): "
+        f"{len(kept)} of {0 if damage == 'garbage' else 300} records kept, lost "
+        f"{info['lost']} (event), {lost} counted in lost_records"
+    )
+    assert info["salvaged"] == len(kept)
+    if damage == "garbage":
+        assert kept == [] and info["lost"] is None and lost == 0
+    else:
+        assert info["lost"] == lost and 0 < lost < 300 and len(kept) + lost == 300
+        assert kept == list(range(1, len(kept) + 1))  # the first pages survived the cut
 
 
 def test_a_path_that_cannot_be_opened_is_an_error_not_damage(tmp_path: Path) -> None:
@@ -253,12 +274,48 @@ def test_a_truncated_wal_keeps_the_committed_prefix(
         assert box.damaged is None
         assert kept == list(range(1, len(kept) + 1))
         after = telemetry(box)
+        cut = cast(
+            dict[str, Any], next(e for e in events(box) if e["name"] == "outbox_power_cut")["data"]
+        )
     report(
-        f"truncated WAL after a power cut: {len(kept)} of 40 records kept (the committed "
-        f"prefix); the next seq {after} (from the clock: the lost ones may have been sent)"
+        f"truncated WAL after a power cut (unit): {len(kept)} of 40 records kept (the "
+        f"committed prefix), {40 - len(kept)} lost (reported: lost {cut['lost']}, not "
+        f"countable); the next seq {after} (from the clock: the lost ones may have been sent)"
     )
+    assert cut == {"seq_from": after, "lost": None}
     assert 0 < len(kept) < 40
     assert after == 1_800_000_000_001  # not len(kept) + 1, which may have been published
+
+
+def test_a_file_replaced_under_the_open_outbox_keeps_its_records_and_streams(
+    tmp_path: Path,
+) -> None:
+    """An older copy of the file appears at the path (a repaired filesystem mounted there
+    after the disk went read-only): the outbox moves to it with exactly the records it
+    still holds (the copy's acknowledged ones are not sent again), its counters, and its
+    streams where they were: the open outbox knows every seq it handed out."""
+    path = tmp_path / "o.db"
+    with Outbox(path, max_bytes=64 * KIB, clock=epoch) as box:
+        for _ in range(120):
+            telemetry(box)
+        box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        older = path.read_bytes()
+        box.ack([r.id for r in box.pending(3)])
+        assert telemetry(box) == 121
+        waiting = [s for _, s in kinds_and_seqs(box)]
+        dropped = box.counters()["dropped_telemetry"]
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.write_bytes(older)  # another inode, records that were acknowledged since
+        box.maintain()
+        assert [s for _, s in kinds_and_seqs(box)][: len(waiting)] == waiting
+        assert box.counters()["dropped_telemetry"] == dropped
+        assert telemetry(box) == 122
+        replaced = next(e for e in events(box) if e["name"] == "outbox_recreated")["data"]
+        assert replaced == {"carried_over": len(waiting), "seq_from": 122}
+    with Outbox(path, clock=lambda: 0.0) as box:  # and the file holds it all
+        assert [s for k, s in kinds_and_seqs(box) if k == "telemetry"] == [*waiting, 122]
+        assert telemetry(box) == 123
 
 
 def test_a_restart_in_the_same_boot_continues_the_streams(tmp_path: Path) -> None:

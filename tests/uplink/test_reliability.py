@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from agent.uplink.outbox import Outbox
 from tests.support.brokers import Broker, Daemon, Subscriber, running, wait_until
 from tests.support.schemas import validate
@@ -187,8 +189,10 @@ def test_cap_holds_and_drop_counters_are_exact(
 
 
 def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(
-    broker: Broker, make_daemon: Callable[..., Daemon]
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
 ) -> None:
+    """Random bytes as the outbox: not even the ids can be read, so nothing is salvaged and
+    `lost` is null (unknown), not 0; the daemon runs on a fresh file."""
     daemon = make_daemon(broker.port)
     db = _db(daemon)
     db.parent.mkdir(parents=True)
@@ -200,21 +204,34 @@ def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(
         assert "not a database" in event["error"]
         first = backend.wait_for("telemetry").json()
         storage = backend.wait_for("events").json()
+        salvaged = daemon.wait_event("outbox_salvaged")
+        health = backend.wait_for("health").json()
         time.sleep(1.0)
         assert daemon.alive()
     backend.close()
+    report(
+        f"not a database (random bytes) under the daemon: {storage['data']['salvaged']} "
+        f"salvaged, lost {storage['data']['lost']} (event; log: salvaged "
+        f"{salvaged['salvaged']}, lost {salvaged['lost']}), lost_records in P/health "
+        f"{health['dropped'].get('lost_records', 0)}; {len(backend.on('telemetry'))} new "
+        f"telemetry messages delivered"
+    )
     assert first["seq"] > 10**12  # numbered from the clock: no reuse of lost numbers
     assert (storage["type"], storage["name"]) == ("storage", "outbox_damaged")
     assert storage["data"]["moved_to"] == event["moved_to"]
+    assert storage["data"]["salvaged"] == salvaged["salvaged"] == 0
+    assert storage["data"]["lost"] is None and salvaged["lost"] is None
+    assert health["dropped"].get("lost_records", 0) == 0  # an unknown count is not made 0+
     validate("events", storage)
 
 
-def test_a_torn_page_loses_only_its_records_and_says_how_many(
-    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
+@pytest.mark.parametrize("damage", ["torn page", "main file cut in half"])
+def test_a_damaged_file_loses_only_its_unreadable_records_and_says_how_many(
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None], damage: str
 ) -> None:
-    """300 stored telemetry records, one page overwritten (a torn write in a power cut):
-    the daemon starts, delivers what is readable, and reports the lost count in the
-    `outbox_damaged` event and in P/health."""
+    """300 stored telemetry records, one page overwritten (a torn write in a power cut) or
+    the main file cut in half: the daemon starts, delivers what is readable, and reports
+    the lost count in the `outbox_damaged` event and in P/health."""
     daemon = make_daemon(broker.port)
     db = _db(daemon)
     db.parent.mkdir(parents=True)
@@ -228,8 +245,11 @@ def test_a_torn_page_loses_only_its_records_and_says_how_many(
             )
         box.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(db.read_bytes())
-    middle = len(data) // 4096 // 2
-    data[middle * 4096 : (middle + 1) * 4096] = os.urandom(4096)
+    if damage == "torn page":
+        middle = len(data) // 4096 // 2
+        data[middle * 4096 : (middle + 1) * 4096] = os.urandom(4096)
+    else:
+        del data[len(data) // 2 :]
     db.write_bytes(bytes(data))
     backend = Subscriber(broker.port)
     with running(daemon):
@@ -245,10 +265,59 @@ def test_a_torn_page_loses_only_its_records_and_says_how_many(
     old = sorted(s for s in _telemetry_seqs(backend) if s <= 300)
     lost = health.json()["dropped"]["lost_records"]
     report(
-        f"torn page under the daemon: {len(old)} of 300 stored records delivered, {lost} "
+        f"{damage} under the daemon: {len(old)} of 300 stored records delivered, {lost} "
         f"reported lost (event: salvaged {storage.json()['data']['salvaged']}, "
         f"lost {storage.json()['data']['lost']})"
     )
     assert lost == event["lost"] == storage.json()["data"]["lost"] >= 1
     assert len(old) == event["salvaged"] and len(old) + lost >= 300
+    assert len(old) + lost == 300  # each stored record: delivered or counted lost
+    assert len(set(old)) == len(old)
     assert min(s for s in _telemetry_seqs(backend) if s > 300) > 10**12  # new ones: the clock
+
+
+def test_a_wal_cut_short_by_a_power_cut_keeps_the_committed_prefix(
+    broker: Broker, make_daemon: Callable[..., Daemon], report: Callable[[str], None]
+) -> None:
+    """40 records in the WAL of a file left open by an earlier boot, the WAL cut in half
+    (a power cut with `sync: normal`): the daemon delivers the committed prefix, and tells
+    the back end that records may be lost (`outbox_power_cut`, `lost` null: the cut-off
+    tail cannot be counted) and where the streams continue (from the clock)."""
+    daemon = make_daemon(broker.port)
+    db = _db(daemon)
+    db.parent.mkdir(parents=True)
+    before = db.parent / "before-the-cut" / "outbox.db"
+    before.parent.mkdir()
+    with Outbox(before, clock=lambda: 0.0, boot_id="an-earlier-boot") as box:
+        box.db.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the WAL
+        for _ in range(40):
+            box.append(
+                "telemetry",
+                "telemetry",
+                lambda seq: json.dumps({"v": 1, "seq": seq, "pad": "x" * 1500}).encode(),
+                stream="telemetry",
+            )
+        wal = Path(f"{before}-wal").read_bytes()
+        db.write_bytes(before.read_bytes())  # the files as the power cut leaves them
+    Path(f"{db}-wal").write_bytes(wal[: len(wal) // 2])
+    backend = Subscriber(broker.port)
+    with running(daemon):
+        line = daemon.wait_event("outbox_power_cut")
+        cut = backend.wait_for("events", lambda m: m.json()["name"] == "outbox_power_cut").json()
+        wait_until(lambda: [s for s in _telemetry_seqs(backend) if s > 10**12], 20, "new telemetry")
+        time.sleep(1.0)  # the committed prefix went first
+    backend.close()
+    seqs = _telemetry_seqs(backend)
+    old = sorted(s for s in seqs if s <= 40)
+    new = [s for s in seqs if s > 40]
+    report(
+        f"WAL cut in half by a power cut, under the daemon: {len(old)} of 40 stored records "
+        f"delivered (the committed prefix), {40 - len(old)} lost with the cut (reported: "
+        f"lost {cut['data']['lost']}, the count cannot be read); new seqs from "
+        f"{cut['data']['seq_from']}; {len(new)} new telemetry messages"
+    )
+    assert 0 < len(old) < 40 and old == list(range(1, len(old) + 1))
+    assert cut["data"] == {"seq_from": min(new), "lost": None}
+    assert line["path"] == str(db)
+    assert len(seqs) == len(set(seqs))
+    validate("events", cut)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from tests.support.agents import Key, trust_entry
 from tests.support.brokers import Broker, Daemon, Subscriber, wait_until
-from tests.support.mounts import ext4, free_bytes, fs_error, remount, tmpfs
+from tests.support.mounts import ext4, free_bytes, fs_error, remount, repaired, tmpfs
 
 STORAGE_EVENTS = ("outbox_", "telemetry_dropped", "command_store_failed")
 
@@ -213,6 +214,86 @@ def test_the_disk_goes_read_only_under_a_running_daemon(
     before, after = [s for s in seqs if s < jump], [s for s in seqs if s >= jump]
     assert before == list(range(before[0], before[0] + len(before)))
     assert after == list(range(jump, jump + len(after)))
+
+
+def _next_health(sub: Subscriber, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The first P/health from now on that satisfies `predicate`."""
+    seen = len(sub.on("health"))
+    found: dict[str, Any] = wait_until(
+        lambda: next((h for m in sub.on("health")[seen:] if predicate(h := m.json())), None),
+        30,
+        "a matching health",
+    )
+    return found
+
+
+def test_the_disk_goes_read_only_mid_run_and_comes_back_rw(
+    broker_factory: Callable[..., Broker],
+    make_daemon: Callable[..., Daemon],
+    tmp_path: Path,
+    report: Callable[[str], None],
+) -> None:
+    """The storage goes read-only under the running daemon (an ext4 error, as eMMC faults
+    do) and comes back rw (the repaired filesystem mounted at the path: the kernel will not
+    remount an ext4 taken read-only on an error rw, see docs/reliability.md). The daemon
+    stays up, holds records in memory meanwhile (bounded, said in P/health and one log
+    line), goes back to the disk, and the back end sees every seq once."""
+    image = tmp_path / "emmc.img"
+    with ext4(tmp_path / "emmc", image) as fs:
+        broker = broker_factory(persistent=True)
+        backend = Subscriber(broker.port, client_id="fleet-backend", clean_session=False)
+        daemon = _on(make_daemon(broker.port, scenario="driving", speedup=4.0), fs)
+        daemon.start()
+        wait_until(lambda: len(backend.on("telemetry")) >= 5, 20, "telemetry on disk")
+        fs_error(fs)
+        on_memory = _next_health(backend, lambda h: h["outbox"]["on_disk"] is False)
+        count = len(backend.on("telemetry"))
+        wait_until(lambda: len(backend.on("telemetry")) > count + 10, 30, "telemetry while ro")
+        # The broker goes away too: records pile up in the memory buffer while the disk is
+        # tried again (every 5 s) and still refuses.
+        broker.stop()
+        time.sleep(8)
+        lines_ro = len(_storage_lines(daemon))
+        assert daemon.alive()
+        with repaired(fs, image):
+            cleared = daemon.wait_event("outbox_on_memory_cleared", timeout=20)
+            broker.start()
+            back = _next_health(backend, lambda h: h["outbox"]["on_disk"] is True)
+            count = len(backend.on("telemetry"))
+            wait_until(lambda: len(backend.on("telemetry")) > count + 10, 30, "telemetry on rw")
+            assert daemon.alive()
+            daemon.stop()
+            db = sqlite3.connect(fs / "outbox.db")
+            try:
+                on_disk_last = int(
+                    db.execute("SELECT last FROM seq WHERE stream = 'telemetry'").fetchone()[0]
+                )
+            finally:
+                db.close()
+    backend.close()
+    seqs = _seqs(backend)
+    storage = _storage_lines(daemon)
+    events = [str(e["event"]) for e in storage]
+    report(
+        f"ext4 read-only mid-run, then rw again (repaired filesystem at the path): "
+        f"{len(seqs)} telemetry messages delivered, {len(seqs) - len(set(seqs))} repeated "
+        f"seqs, 0 lost; {back['outbox']['held_in_memory']} held in memory while ro, "
+        f"{cleared['moved_to_disk']} moved to the disk on return; storage log lines while ro "
+        f"{lines_ro}, in all {len(storage)}: {events}"
+    )
+    assert on_memory["outbox"]["memory_records"] <= 2000  # bounded (spill.MAX_RECORDS)
+    assert lines_ro <= 2 and events.count("outbox_on_memory") == 1
+    assert "outbox_on_memory_cleared" in events and cleared["moved_to_disk"] > 0
+    assert back["outbox"]["on_disk"] is True and back["outbox"]["memory_records"] == 0
+    assert back["outbox"]["held_in_memory"]["telemetry"] >= cleared["moved_to_disk"]
+    assert len(seqs) == len(set(seqs))
+    # Every seq handed out arrived: consecutive before the announced jump to the clock and
+    # after it, through the memory buffer and back on the disk; the disk recorded the last.
+    jump = next(e for e in storage if e["event"] == "outbox_on_memory")["seq_from"]
+    before, after = [s for s in seqs if s < jump], [s for s in seqs if s >= jump]
+    assert sorted(before) == list(range(before[0], before[0] + len(before)))
+    assert sorted(after) == list(range(jump, jump + len(after)))
+    assert on_disk_last == max(seqs)
 
 
 @pytest.mark.parametrize("what", ["file", "directory"])
