@@ -273,7 +273,7 @@ class Outbox:
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
-                "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                "correlation, priority) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                 found.rows,
             )
             counts = dict(found.counters)
@@ -382,7 +382,7 @@ class Outbox:
         if not self.on_disk and self._clock() >= self._retry_at:
             self._back_to_disk()
         if not self.on_disk:
-            return self._hold(kind, topic, payload, stream, items, correlation)
+            return self._hold(kind, topic, payload, stream, items, correlation, priority)
         dropped_any = False
         for _ in range(64):
             try:
@@ -397,13 +397,15 @@ class Outbox:
                 if not _is_full(exc):
                     if _is_unwritable(exc):
                         self._to_memory(str(exc))
-                        return self._hold(kind, topic, payload, stream, items, correlation)
+                        return self._hold(
+                            kind, topic, payload, stream, items, correlation, priority
+                        )
                     raise OutboxError(f"cannot write to the outbox at {self.path}: {exc}") from exc
                 try:
                     room = self._make_room()
                 except OutboxError as full:  # even a DELETE does not fit: the disk is full
                     self._to_memory(str(full))
-                    return self._hold(kind, topic, payload, stream, items, correlation)
+                    return self._hold(kind, topic, payload, stream, items, correlation, priority)
                 if not room:
                     self._count({f"dropped_{kind}": 1, "dropped_samples": items})
                     self._start_dropping()
@@ -470,6 +472,7 @@ class Outbox:
         stream: str | None,
         items: int,
         correlation: bytes | None,
+        priority: int,
     ) -> int:
         """Keep a record in memory; its seq continues the stream."""
         seq = self._next_seq(stream)
@@ -477,7 +480,16 @@ class Outbox:
             self._seq[stream] = seq
         self._last_id += 1
         self.spill.add(
-            Held(self._last_id, kind, topic, payload(seq), correlation, items, self._clock()),
+            Held(
+                self._last_id,
+                kind,
+                topic,
+                payload(seq),
+                correlation,
+                items,
+                self._clock(),
+                priority,
+            ),
             self.in_flight,
         )
         self.appended += 1
@@ -523,9 +535,18 @@ class Outbox:
                     )
                 db.executemany(
                     "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
-                    "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    "correlation, priority) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (h.id, h.kind, h.topic, h.payload, h.created, h.items, h.correlation)
+                        (
+                            h.id,
+                            h.kind,
+                            h.topic,
+                            h.payload,
+                            h.created,
+                            h.items,
+                            h.correlation,
+                            h.priority,
+                        )
                         for h in held
                     ],
                 )
@@ -754,7 +775,7 @@ class Outbox:
         old = self._db
         try:
             rows = old.execute(
-                "SELECT id, kind, topic, payload, created, items, correlation FROM outbox"
+                "SELECT id, kind, topic, payload, created, items, correlation, priority FROM outbox"
             ).fetchall()
             counters = old.execute("SELECT name, value FROM counters").fetchall()
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -763,7 +784,7 @@ class Outbox:
                 stale = db.execute("DELETE FROM outbox").rowcount
                 db.executemany(
                     "INSERT OR REPLACE INTO outbox(id, kind, topic, payload, created, items, "
-                    "correlation) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    "correlation, priority) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 db.executemany(

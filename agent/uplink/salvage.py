@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 MAX_IDS = 500_000  # read one by one up to this span of ids; beyond, a plain scan
-Row = tuple[int, str, str, bytes, float, int, bytes | None]
-_COLUMNS = "id, kind, topic, payload, created, items, correlation"
+Row = tuple[int, str, str, bytes, float, int, bytes | None, int]
+# `priority` (a campaign capture's place in the drop order) came with campaigns: a file from
+# before them has no such column, and its records all had telemetry's.
+_COLUMNS = "id, kind, topic, payload, created, items, correlation, priority"
+_COLUMNS_BEFORE_PRIORITY = "id, kind, topic, payload, created, items, correlation, 5"
 
 
 @dataclass(slots=True)
@@ -46,12 +49,13 @@ def salvage(path: Path) -> Salvage:
             return found
         low, high = span
         if high - low > MAX_IDS:
-            _scan(db, found)
+            _scan(db, found, _columns(db))
             return found
         found.lost = 0
+        columns = _columns(db)
         for record_id in range(low, high + 1):
             try:
-                row = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (record_id,))
+                row = db.execute(f"SELECT {columns} FROM outbox WHERE id = ?", (record_id,))
                 hit = row.fetchone()
             except sqlite3.Error:
                 found.lost += 1  # on an unreadable page: counted (at most what was there)
@@ -77,9 +81,18 @@ def _id_span(db: sqlite3.Connection) -> tuple[int, int] | None:
     return (low if low is not None else max(1, high - MAX_IDS)), high
 
 
-def _scan(db: sqlite3.Connection, found: Salvage) -> None:
+def _columns(db: sqlite3.Connection) -> str:
+    """The columns to read: with `priority` where the file has it."""
     with contextlib.suppress(sqlite3.Error):
-        for hit in db.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY id"):
+        names = {str(row[1]) for row in db.execute("PRAGMA table_info(outbox)")}
+        if names and "priority" not in names:
+            return _COLUMNS_BEFORE_PRIORITY
+    return _COLUMNS
+
+
+def _scan(db: sqlite3.Connection, found: Salvage, columns: str) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        for hit in db.execute(f"SELECT {columns} FROM outbox ORDER BY id"):
             found.rows.append(_row(hit))
 
 
@@ -93,4 +106,5 @@ def _row(hit: tuple[Any, ...]) -> Row:
         float(hit[4]),
         int(hit[5]),
         bytes(correlation) if correlation is not None else None,
+        int(hit[7]),
     )

@@ -20,6 +20,7 @@ class Held:
     correlation: bytes | None
     items: int
     created: float
+    priority: int = 5  # kept for the disk: a campaign's capture keeps its place in the drop order
 
 
 class Spill:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -394,3 +395,82 @@ def test_campaign_captures_are_dropped_by_their_priority(tmp_path: Path) -> None
     assert counters["dropped_response"] == 2
     assert counters["dropped_event"] >= 2  # e1, e2 and some of the events that pushed
     assert counters["dropped_samples"] == 6 * 3
+
+
+def _priorities(path: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {str(t): int(p) for t, p in db.execute("SELECT topic, priority FROM outbox")}
+
+
+def _capture(box: Outbox, name: str, priority: int) -> None:
+    topic = f"campaigns/{name}"
+    box.append("campaign", topic, lambda s: b'{"seq": %d}' % s, stream=topic, priority=priority)
+
+
+def test_a_capture_keeps_its_priority_through_memory_salvage_and_a_new_file(
+    tmp_path: Path,
+) -> None:
+    """Whichever way a record reaches the disk again (from the memory buffer, salvaged from a
+    damaged file, carried into a file re-created at the path), a campaign capture keeps its
+    place in the drop order."""
+    now = [0.0]
+    path = tmp_path / "o.db"
+    with Outbox(path, clock=lambda: now[0]) as box:
+        _capture(box, "on-disk", 2)
+        # The disk refuses writes (what the outbox does on a read-only or vanished disk): the
+        # next records wait in memory and go to the disk when it takes writes again.
+        box._to_memory("the disk refuses writes (test)")
+        _capture(box, "held", 2)
+        _capture(box, "held-high", 9)
+        held = [r.topic for r in box.spill.records.values()]  # with the on_memory event
+        assert not box.on_disk and held == ["events", "campaigns/held", "campaigns/held-high"]
+        now[0] += 60.0
+        telemetry(box)  # the next append tries the disk again
+        assert box.on_disk and len(box.spill) == 0
+        assert _priorities(path) == {
+            "campaigns/on-disk": 2,
+            "campaigns/held": 2,
+            "campaigns/held-high": 9,
+            "telemetry": 5,
+            "events": 5,  # the on_memory event
+        }
+        # The file is deleted under the open outbox: a new one at the path takes its records.
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        box.maintain()
+        assert _priorities(path)["campaigns/held"] == 2
+        assert _priorities(path)["campaigns/held-high"] == 9
+        for _ in range(100):  # later records, on later pages
+            telemetry(box)
+    # Damaged: a file that fails the check is salvaged record by record into a new one.
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=DELETE")  # everything in the main file
+    data = bytearray(path.read_bytes())
+    data[-4096:] = os.urandom(4096)  # a torn last page: the newest records' (not the captures')
+    path.write_bytes(bytes(data))
+    with Outbox(path, clock=lambda: now[0]) as box:
+        salvaged = box.damaged
+        priorities = _priorities(path)
+        kept = box.counters()
+    assert salvaged is not None and kept.get("lost_records", 0) >= 1
+    assert priorities["campaigns/held"] == 2 and priorities["campaigns/held-high"] == 9
+
+
+def test_a_file_from_before_campaigns_is_salvaged_at_telemetrys_priority(tmp_path: Path) -> None:
+    """An outbox written before the priority column existed: its records keep their order and
+    get telemetry's priority, the one they had."""
+    from agent.uplink.salvage import salvage
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, topic TEXT, "
+            "payload BLOB, created REAL, items INTEGER, correlation BLOB)"
+        )
+        db.executemany(
+            "INSERT INTO outbox(kind, topic, payload, created, items) VALUES(?, ?, ?, ?, ?)",
+            [("telemetry", "telemetry", b"{}", 1.0, 3), ("event", "events", b"{}", 2.0, 0)],
+        )
+    found = salvage(path)
+    assert [(r[0], r[1], r[7]) for r in found.rows] == [(1, "telemetry", 5), (2, "event", 5)]
+    assert found.lost == 0
