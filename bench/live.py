@@ -249,6 +249,9 @@ def build_receivers(
     """As the supervisor builds them (diagnostic answers routed to the UDS tester)."""
     from agent.supervisor import _route
 
+    if _HAS_FAST:
+        from agent.supervisor import _route_frames
+
     settings = vehicle.loaded.settings
     dtc = DtcReader(settings.diagnostics, lambda bus, frame: None)
     receivers = []
@@ -262,7 +265,14 @@ def build_receivers(
             filters=can_io.kernel_filters(
                 decoders[name].frame_keys | frozenset(dtc.response_ids(name))
             ),
-            **({"fast": False} if reader == "python-can" and _HAS_FAST else {}),
+            **(
+                {
+                    "fast": reader == "fast",
+                    "on_frames": _route_frames(name, dtc, pipeline.frames_receiver_for(name)),
+                }
+                if _HAS_FAST
+                else {}
+            ),
         )
         if not rig.vcan:
             _PAIR_BUSES[name] = rig.open(name, bus.settings.fd)
