@@ -76,7 +76,8 @@ def parse(frame: bytes | bytearray | memoryview, timestamp: float) -> KernelFram
     size = len(frame)
     can_id, length, flags, len8_dlc = HEADER.unpack_from(frame)
     is_fd = size == CANFD_MTU
-    data = payload(frame, size)
+    # python-can's Message keeps no data for a remote frame (its length is the DLC asked).
+    data = b"" if can_id & CAN_RTR_FLAG else payload(frame, size)
     dlc = PAYLOAD_LENGTH[min(length, 64)]
     if not is_fd:
         flags = 0  # the byte is padding in a classic frame
