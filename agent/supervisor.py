@@ -84,7 +84,12 @@ def _route_frames(
         ours = [frame for frame in frames if frame[0] in ids]
         if ours:
             for key, data, ts in ours:
-                dtc_reader.feed(bus, can.Message(arbitration_id=key, data=data, timestamp=ts))
+                dtc_reader.feed(
+                    bus,
+                    can.Message(
+                        arbitration_id=key, is_extended_id=False, data=data, timestamp=ts
+                    ),
+                )
             frames = [frame for frame in frames if frame[0] not in ids]
         decode(frames)
 
