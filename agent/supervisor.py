@@ -86,9 +86,7 @@ def _route_frames(
             for key, data, ts in ours:
                 dtc_reader.feed(
                     bus,
-                    can.Message(
-                        arbitration_id=key, is_extended_id=False, data=data, timestamp=ts
-                    ),
+                    can.Message(arbitration_id=key, is_extended_id=False, data=data, timestamp=ts),
                 )
             frames = [frame for frame in frames if frame[0] not in ids]
         decode(frames)
