@@ -5,7 +5,7 @@ in a temporary folder outside the checkout) of the reference car (config/demo.ya
 fed by a separate process at fixed rates. Natively the frames travel through a datagram
 socket pair (`socketpair(AF_UNIX, SOCK_DGRAM)`) per bus, carrying the kernel's own
 `struct can_frame` (16 bytes) and `struct canfd_frame` (72 bytes); with `--vcan` (inside
-User-Mode Linux, see bench/live-uml.sh) through vcan0/vcan1 and raw CAN sockets. The frames
+User-Mode Linux: tests/vcan/run.sh -- CMD) through vcan0/vcan1 and raw CAN sockets. The frames
 are the simulator's: 120 s of the reference car driving, recorded, in order, at the rate asked.
 
 Each rate runs twice in the same process: the agent, and a bare loop that only reads the
@@ -14,6 +14,7 @@ CPU is the process's own (user + system, getrusage), never wall time: the machin
 
     .venv/bin/python bench/live.py                       # 1k, 3k, 6k, 12k frames/s, 5 s each
     .venv/bin/python bench/live.py --reader python-can   # the receive path before issue 14
+    tests/vcan/run.sh -- .venv/bin/python bench/live.py --vcan    # inside User-Mode Linux
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ def build_receivers(
             ),
             **(
                 {
-                    "fast": reader == "fast",
+                    "fast": reader != "python-can",
                     "on_frames": _route_frames(name, dtc, pipeline.frames_receiver_for(name)),
                 }
                 if _HAS_FAST
@@ -336,11 +337,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="1000,3000,6000,12000")
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate and path")
-    parser.add_argument("--reader", choices=("fast", "python-can"), default="fast")
+    parser.add_argument(
+        "--reader",
+        choices=("fast", "recvmsg", "python-can"),
+        default="fast",
+        help="fast: the agent's socket path (recvmmsg); recvmsg: the same, a frame a "
+        "recvmsg call; python-can: python-can's recv, as before issue 14",
+    )
     parser.add_argument("--vcan", action="store_true", help="vcan0/vcan1 (inside UML)")
     parser.add_argument("--no-bare", action="store_true", help="the agent only")
     args = parser.parse_args()
     logs.configure("warning", "console", sys.stderr)  # the table alone on stdout
+    if args.reader == "recvmsg":
+        from agent.vehicle import sockread
+
+        sockread._RECVMMSG = None  # FrameReader falls back to Python's recvmsg
 
     vehicle = dbc.load_vehicle(config.load(ROOT / "config" / "demo.yaml"))
     names = list(vehicle.buses)
