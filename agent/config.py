@@ -81,6 +81,9 @@ class BusSettings(_Model):
     bitrate: Annotated[int, Field(gt=0)] | None = None
     dbc: Annotated[list[ConfigPath], BeforeValidator(_one_or_many), Field(min_length=1)]
     strict: bool = True  # false: load DBC quirks the way real tools do, each one a warning
+    # SocketCAN: the socket's receive buffer, what the kernel holds while the agent is busy
+    # (about a kilobyte a frame); null keeps the kernel's default (net.core.rmem_default).
+    rcvbuf_kb: Annotated[int, Field(ge=64, le=262_144)] | None = 1024
 
 
 class CanSettings(_Model):

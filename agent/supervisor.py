@@ -44,6 +44,7 @@ from agent.vehicle.can_io import CanReceiver, kernel_filters, open_bus
 from agent.vehicle.compute import Computer
 from agent.vehicle.dbc import Vehicle
 from agent.vehicle.decode import build_decoders
+from agent.vehicle.model import RawFrame
 from agent.vehicle.signals import Sampler, policies_of
 
 log = structlog.get_logger("agent")
@@ -69,6 +70,28 @@ def _route(
             decode(msg)
 
     return on_frame
+
+
+def _route_frames(
+    bus: str, dtc_reader: DtcReader, decode: Callable[[list[RawFrame]], None]
+) -> Callable[[list[RawFrame]], None]:
+    """`_route` for frames read many at a time from a socket (CanReceiver's `on_frames`)."""
+    ids = frozenset(dtc_reader.response_ids(bus))  # 11-bit ids: the frame key is the id
+    if not ids:
+        return decode
+
+    def on_frames(frames: list[RawFrame]) -> None:
+        ours = [frame for frame in frames if frame[0] in ids]
+        if ours:
+            for key, data, ts in ours:
+                dtc_reader.feed(
+                    bus,
+                    can.Message(arbitration_id=key, is_extended_id=False, data=data, timestamp=ts),
+                )
+            frames = [frame for frame in frames if frame[0] not in ids]
+        decode(frames)
+
+    return on_frames
 
 
 _POLICY_KEYS = {"on_change", "deadband", "min_interval_ms", "max_interval_s"}
@@ -169,6 +192,7 @@ class Agent:
                 CanReceiver(
                     bus.settings,
                     _route(name, dtc_reader, pipeline.receiver_for(name)),
+                    on_frames=_route_frames(name, dtc_reader, pipeline.frames_receiver_for(name)),
                     filters=kernel_filters(
                         decoders[name].frame_keys | frozenset(dtc_reader.response_ids(name))
                     )

@@ -141,6 +141,18 @@ def test_out_of_range(write_config: Callable[[str], Path]) -> None:
     assert "65535" in problem.message
 
 
+def test_a_bus_receive_buffer_is_checked_and_null_keeps_the_kernels(
+    write_config: Callable[[str], Path],
+) -> None:
+    text = BASE.replace("      channel: pt\n", "      channel: pt\n      rcvbuf_kb: 8\n")
+    problem = only(problems_of(write_config(text)))
+    assert (problem.key, problem.line) == ("can.buses.0.rcvbuf_kb", line_of(text, "rcvbuf_kb"))
+    assert "64" in problem.message
+    text = BASE.replace("      channel: pt\n", "      channel: pt\n      rcvbuf_kb: null\n")
+    buses = config.load(write_config(text)).settings.can.buses
+    assert [bus.rcvbuf_kb for bus in buses] == [None, 1024]  # 1024 KB unless told
+
+
 def test_negative_deadband_is_out_of_range(write_config: Callable[[str], Path]) -> None:
     text = BASE.replace(
         "    source: VCU_VehicleSpeed\n", "    source: VCU_VehicleSpeed\n    deadband: -1\n"

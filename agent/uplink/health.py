@@ -65,6 +65,7 @@ class Health:
                 outages=receiver.stats.outages,
                 down_s=round(receiver.down_s(), 2),  # live: the outage going on included
                 silent=receiver.silent,  # nothing received since start (10 s and more)
+                rx_overflows=receiver.stats.rx_overflows,  # dropped by the kernel, queue full
             )
             buses[receiver.name] = stats
         uplink = self._uplink()
@@ -133,6 +134,7 @@ class Health:
             log.info(
                 "stats",
                 frames_per_s=rates,
+                rx_overflows={r.name: r.stats.rx_overflows for r in self._receivers},
                 samples=self._pipeline.stats.samples_published,
                 published=uplink.stats.published if uplink else 0,
                 reconnects=uplink.stats.reconnects if uplink else 0,

@@ -23,7 +23,7 @@ from agent.uplink.encoding import TelemetryEncoder
 from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
 from agent.vehicle.compute import Computer
 from agent.vehicle.decode import Decoder
-from agent.vehicle.model import FrameLike, Sample
+from agent.vehicle.model import FrameLike, RawFrame, Sample
 from agent.vehicle.signals import Sampler
 
 log = structlog.get_logger("agent.uplink.pipeline")
@@ -119,6 +119,49 @@ class Pipeline:
 
         return on_frame
 
+    def frames_receiver_for(self, bus: str) -> Callable[[list[RawFrame]], None]:
+        """The callback of one bus for frames read many at a time, as the kernel's structs
+        carry them (agent.vehicle.sockread): the same work as `receiver_for`'s per frame,
+        with the sampling policies run once over all the samples of the read."""
+        decoder = self.decoders[bus]
+        decode = decoder.decode_raw
+        select = self.sampler.select
+        batch = self._batch
+        limit = self._settings.batch_max_samples
+        tap_paths = self.tap_paths
+        tap_ids = self._tap_ids
+        computer = self.computer
+        feed = computer.feed if computer is not None else None
+        # Only frames that carry an input of a computed path are looked at by the computer.
+        feed_keys = decoder.keys_carrying(computer.inputs) if computer is not None else frozenset()
+        stats = self.stats
+
+        def on_frames(frames: list[RawFrame]) -> None:
+            if not self._accepting:
+                stats.frames_after_stop += len(frames)
+                return
+            samples: list[Sample] = []
+            if feed is None and not tap_paths:
+                for key, data, ts in frames:
+                    decode(key, data, ts, samples)
+            else:
+                for key, data, ts in frames:
+                    start = len(samples)
+                    decode(key, data, ts, samples)
+                    if key in feed_keys:
+                        feed(samples, start)  # type: ignore[misc]
+                    if tap_paths and (key & 0x1FFF_FFFF in tap_ids or self._tap_every_frame):
+                        tap = self.tap
+                        for i in range(start, len(samples)):
+                            if samples[i][0] in tap_paths:
+                                tap(samples[i])
+            if samples:
+                batch.extend(select(samples))
+                if len(batch) >= limit:
+                    self.flush(whole_only=True)
+
+        return on_frames
+
     def set_taps(self, paths: Iterable[str], frame_ids: Iterable[int] | None) -> None:
         """The paths to tap, and the arbitration ids of the frames that carry them (None:
         look at every frame, for paths computed from others). Changed in place: the frame
@@ -133,11 +176,12 @@ class Pipeline:
         """Shutdown step one: frames still arriving are ignored (counted)."""
         self._accepting = False
 
-    def flush(self) -> int:
-        """Write what is batched to the outbox (as several messages if need be); the count."""
+    def flush(self, *, whole_only: bool = False) -> int:
+        """Write what is batched to the outbox (as several messages if need be); the count.
+        `whole_only`: only batches of `batch_max_samples`, the rest stays for the next."""
         written = 0
         limit = self._settings.batch_max_samples
-        while self._batch:
+        while len(self._batch) >= (limit if whole_only else 1):
             chunk = self._batch[:limit]
             del self._batch[:limit]
             try:

@@ -54,11 +54,17 @@ class Computer:
     def __bool__(self) -> bool:
         return bool(self._by_input)
 
-    def feed(self, samples: list[Sample]) -> None:
-        """Append to `samples` the computed values that the samples of one frame change."""
+    @property
+    def inputs(self) -> frozenset[str]:
+        """The paths the computed ones are made of."""
+        return frozenset(self._by_input)
+
+    def feed(self, samples: list[Sample], start: int = 0) -> None:
+        """Append to `samples` the computed values that the samples of one frame (those
+        from `start` on) change."""
         by_input = self._by_input
         due: dict[str, _Computed] = {}
-        for sample in samples:
+        for sample in samples[start:] if start else samples:
             users = by_input.get(sample.path)
             if users is None:
                 continue

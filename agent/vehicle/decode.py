@@ -303,6 +303,11 @@ class Decoder:
         """The frame keys with at least one mapped signal (for kernel receive filters)."""
         return frozenset(self._plans)
 
+    def keys_carrying(self, paths: Iterable[str]) -> frozenset[int]:
+        """The frame keys whose frames can carry one of `paths`."""
+        wanted = set(paths)
+        return frozenset(key for key, plan in self._plans.items() if wanted & _paths_of(plan))
+
     def decode(self, frame: FrameLike) -> list[Sample]:
         out: list[Sample] = []
         self.decode_into(frame, out)
@@ -317,13 +322,33 @@ class Decoder:
         if frame.is_remote_frame:
             stats.remote_frames += 1
             return
-        plan = self._plans.get(
-            frame.arbitration_id | 0x8000_0000 if frame.is_extended_id else frame.arbitration_id
+        self.decode_key(
+            frame.arbitration_id | 0x8000_0000 if frame.is_extended_id else frame.arbitration_id,
+            frame.data,
+            frame.timestamp,
+            out,
         )
+
+    def decode_raw(self, key: int, data: bytes, ts: float, out: list[Sample]) -> None:
+        """`decode_into` for a frame as the kernel's can_id carries it (agent.vehicle.frames:
+        the id with its EFF, RTR and ERR flags): the live path's frames, no object each."""
+        if key & 0x6000_0000:  # CAN_ERR_FLAG | CAN_RTR_FLAG; an error frame counts as one
+            if key & 0x2000_0000:
+                self.stats.error_frames += 1
+            else:
+                self.stats.remote_frames += 1
+            return
+        self.decode_key(key, data, ts, out)
+
+    def decode_key(
+        self, key: int, data: bytes | bytearray, timestamp: float, out: list[Sample]
+    ) -> None:
+        """A data frame by its frame key (bit 31 set for a 29-bit id)."""
+        stats = self.stats
+        plan = self._plans.get(key)
         if plan is None:
             stats.unknown_id += 1
             return
-        data = frame.data
         if len(data) < plan.length:
             stats.short += 1
             return
@@ -348,9 +373,9 @@ class Decoder:
             stats.failed += 1
             return
         stats.decoded += 1
-        self._emit(plan.outs, raw, frame.timestamp, out)
+        self._emit(plan.outs, raw, timestamp, out)
         if branch is not None:
-            self._emit(branch.outs, branch_raw, frame.timestamp, out)
+            self._emit(branch.outs, branch_raw, timestamp, out)
 
     def _emit(self, outs: _Outputs, raw: Any, ts: float, out: list[Sample]) -> None:
         # Hot path: locals only, one tuple per sample, counters updated once per frame.
@@ -395,6 +420,16 @@ class Decoder:
                 else:
                     append(new(Sample, (path, ts, result)))
         stats.samples += len(out) - before
+
+
+def _paths_of(plan: _Plan) -> set[str]:
+    outs = plan.outs
+    paths = {
+        entry[0] for group in (outs.ints, outs.exact, outs.tables, outs.general) for entry in group
+    }
+    for branch in (plan.branches or {}).values():
+        paths |= _paths_of(branch)
+    return paths
 
 
 def _unpack(plan: _Plan, data: bytes | bytearray) -> dict[str, Any]:

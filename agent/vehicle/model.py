@@ -7,6 +7,10 @@ from typing import NamedTuple, Protocol
 
 Value = bool | int | float | str
 
+# A received frame on the live path, as the kernel's struct carries it: (key, data, timestamp),
+# `key` the can_id with its EFF, RTR and ERR flags (agent.vehicle.frames). No object a frame.
+RawFrame = tuple[int, bytes, float]
+
 
 class Sample(NamedTuple):
     """One decoded value of one canonical (VSS) path at a frame's timestamp."""

@@ -56,6 +56,7 @@ class Sampler:
 
     def __init__(self, policies: Mapping[str, Policy]) -> None:
         self._policies = dict(policies)
+        self._rules = _rules(self._policies)
         self._published: dict[str, Sample] = {}
         self.latest: dict[str, Sample] = {}
         self.offered = 0
@@ -64,6 +65,7 @@ class Sampler:
     def update_policies(self, policies: Mapping[str, Policy]) -> None:
         """New policies (on reload) apply from the next sample; history is kept."""
         self._policies = dict(policies)
+        self._rules = _rules(self._policies)
 
     def offer(self, sample: Sample) -> bool:
         """Record `sample`; True when its path's policy says publish it."""
@@ -78,7 +80,52 @@ class Sampler:
         return False
 
     def select(self, samples: Iterable[Sample]) -> list[Sample]:
-        return [s for s in samples if self.offer(s)]
+        """The samples to publish, in order: exactly `offer` on each, in one loop (the live
+        path hands over all the samples of a read at once). The common outcomes, too soon
+        after the last one or unchanged, are a few comparisons on the path's rule tuple."""
+        out: list[Sample] = []
+        append = out.append
+        latest = self.latest
+        published = self._published
+        rules = self._rules
+        offered = 0
+        for sample in samples:
+            offered += 1
+            path, ts, value = sample
+            latest[path] = sample
+            last = published.get(path)
+            if last is not None:
+                rule = rules.get(path)
+                if rule is not None:
+                    min_s, max_s, deadband, on_change = rule
+                    elapsed = ts - last[1]
+                    if elapsed < 0:  # time ran backwards: taken as elapsed (as in _due)
+                        elapsed = _LONG_AGO
+                    if elapsed < min_s:
+                        continue
+                    if elapsed < max_s:  # no heartbeat due
+                        if not on_change:
+                            if max_s != _FOREVER:
+                                continue  # published only on the heartbeat
+                        else:
+                            old = last[2]
+                            new_type, old_type = value.__class__, old.__class__
+                            if (new_type is float or new_type is int) and (
+                                old_type is float or old_type is int
+                            ):
+                                if (
+                                    abs(value - old) <= deadband  # type: ignore[operator]
+                                    if deadband > 0
+                                    else value == old
+                                ):
+                                    continue
+                            elif not changed(value, old, deadband):
+                                continue
+            published[path] = sample
+            append(sample)
+        self.offered += offered
+        self.suppressed += offered - len(out)
+        return out
 
     @staticmethod
     def _due(policy: Policy, sample: Sample, last: Sample) -> bool:
@@ -92,6 +139,26 @@ class Sampler:
         if policy.on_change:
             return changed(sample.value, last.value, policy.deadband)
         return policy.max_interval_s is None
+
+
+_FOREVER = float("inf")  # no heartbeat
+# Longer than any interval (a day at most) yet below _FOREVER, so time running backwards
+# makes a heartbeat due where there is one and leaves on_change to decide where there is none.
+_LONG_AGO = 1e300
+
+
+def _rules(policies: Mapping[str, Policy]) -> dict[str, tuple[float, float, float, bool]]:
+    """Each path's policy as (min_interval_s, max_interval_s or infinity, deadband,
+    on_change): what `Sampler.select` unpacks per sample."""
+    return {
+        path: (
+            p.min_interval_s,
+            _FOREVER if p.max_interval_s is None else p.max_interval_s,
+            p.deadband,
+            p.on_change,
+        )
+        for path, p in policies.items()
+    }
 
 
 def policies_of(signals: Iterable[SignalSettings]) -> dict[str, Policy]:

@@ -177,6 +177,13 @@ def test_an_undocumented_key_fails_the_check(published: dict[str, list[Any]]) ->
     assert errors("health", health)
 
 
+def test_every_bus_reports_the_frames_the_kernel_dropped(published: dict[str, list[Any]]) -> None:
+    """`rx_overflows` is there for every bus from the first message, zeros included (an
+    in-process `virtual` bus has no socket to drop from)."""
+    for health in published["health"]:
+        assert {bus["rx_overflows"] for bus in health["buses"].values()} == {0}
+
+
 def test_the_health_example_in_the_docs_names_the_schema_keys() -> None:
     """docs/mqtt.md's table has a row for every key of the health schema."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "mqtt.md").read_text()

@@ -25,10 +25,21 @@ def ip(*args: str) -> None:
 
 
 def vcan_config(
-    port: int, folder: Path, *, extra: str = "", body_channel: str = "vcan1", trust: str = ""
+    port: int,
+    folder: Path,
+    *,
+    extra: str = "",
+    body_channel: str = "vcan1",
+    trust: str = "",
+    rcvbuf_kb: int | None = None,
 ) -> str:
-    """config/vehicle.yaml on vcan0/vcan1, pointed at a test broker, fast timings."""
+    """config/vehicle.yaml on vcan0/vcan1, pointed at a test broker, fast timings;
+    `rcvbuf_kb` for the powertrain bus (vcan0)."""
     text = (CONFIG_DIR / "vehicle.yaml").read_text().replace("../dbc/", f"{DBC_DIR}/")
+    if rcvbuf_kb is not None:
+        text = text.replace(
+            "      channel: vcan0\n", f"      channel: vcan0\n      rcvbuf_kb: {rcvbuf_kb}\n"
+        )
     text = text.replace("path: /var/lib/vehicle-agent/outbox.db", f"path: {folder}/state/outbox.db")
     text = text.replace("  port: 1883", f"  port: {port}")
     text = text.replace("channel: vcan1", f"channel: {body_channel}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent.vehicle.model import Sample, Value
 from agent.vehicle.signals import Policy, Sampler, changed
 
@@ -112,3 +115,47 @@ def test_paths_are_independent_and_latest_is_kept() -> None:
     assert sampler.offer(Sample("B", 1.0, 2))
     assert sampler.latest["A"] == Sample("A", 1.0, 2)  # last known, even when not published
     assert (sampler.offered, sampler.suppressed) == (4, 1)
+
+
+_VALUES = st.one_of(
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.75, -1.5]),
+    st.sampled_from(["ON", "OFF"]),
+)
+_POLICIES = st.builds(
+    Policy,
+    on_change=st.booleans(),
+    deadband=st.sampled_from([0.0, 0.3, 1.0]),
+    min_interval_s=st.sampled_from([0.0, 0.2, 1.0]),
+    max_interval_s=st.sampled_from([None, 0.5, 2.0]),
+)
+
+
+@given(
+    policies=st.lists(_POLICIES, min_size=3, max_size=3),
+    timeline=st.lists(
+        st.tuples(st.integers(0, 3), st.floats(-0.5, 1.5, allow_nan=False), _VALUES),
+        max_size=60,
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_select_over_a_whole_read_decides_as_offer_does_sample_by_sample(
+    policies: list[Policy], timeline: list[tuple[int, float, Value]]
+) -> None:
+    """The live path runs the policies once over all the samples of a read (`select`): the
+    same samples pass as with `offer` one by one, whatever the values' types, the steps in
+    time (backwards too) and the policies; path 3 has none (every sample passes)."""
+    paths = ["A.a", "A.b", "A.c", "A.d"]
+    rules = dict(zip(paths, policies, strict=False))
+    one, many = Sampler(rules), Sampler(rules)
+    ts = 0.0
+    samples = []
+    for path, step, value in timeline:
+        ts += step
+        samples.append(Sample(paths[path], ts, value))
+    assert many.select(samples) == [s for s in samples if one.offer(s)]
+    assert many.latest == one.latest
+    assert (many.offered, many.suppressed) == (one.offered, one.suppressed)
+    later = [Sample(p, ts + 0.1, 1) for p in paths]  # the history carries over
+    assert many.select(later) == [s for s in later if one.offer(s)]
