@@ -252,9 +252,8 @@ class Agent:
                 publish=self._publish_capture,
                 event=self._campaign_event,
                 max_memory_bytes=settings.campaigns.max_memory_kb * 1024,
-                on_paths=lambda paths: pipeline.set_taps(paths, self._frame_ids(paths)),
+                on_paths=lambda paths: pipeline.set_taps(paths, campaigns.pending),
             )
-            pipeline.tap = campaigns.tap
             campaigns.load()
             self.executor.handlers.update(
                 {
@@ -380,18 +379,6 @@ class Agent:
                 notifier.watchdog(status)
             else:
                 notifier.send(f"STATUS={status}")
-
-    def _frame_ids(self, paths: frozenset[str]) -> set[int] | None:
-        """The arbitration ids of the frames that carry `paths`; None when one of them is
-        computed from others (then every frame may change it)."""
-        ids: set[int] = set()
-        decoded = {m.path: m for m in self.vehicle.mapped}
-        for path in paths:
-            mapped = decoded.get(path)
-            if mapped is None:
-                return None
-            ids.add(mapped.message.frame_id)
-        return ids
 
     def _campaign_event(self, name: str, data: dict[str, Any]) -> None:
         log.info("campaign_event", name=name, **data)

@@ -286,12 +286,17 @@ class CampaignEngine:
     # --- the data path (every tapped sample) -----------------------------------------------
     @property
     def tap(self) -> Callable[[Sample], None]:
-        """What the pipeline calls with every frame's value of a tapped path: a list's own
-        append, so that a frame pays no Python call for it. The tick moves the samples into
-        rings, windows and latest values (`_absorb`), and evaluates the conditions then: the
-        per-frame path stays a lookup and an append, the rest is done in bulk ten times a
-        second."""
+        """One sample at a time into `pending` (tests and tools feed the engine this way)."""
         return self._pending.append
+
+    @property
+    def pending(self) -> list[Sample]:
+        """Where the decode path puts the samples of every frame that carries a tapped path
+        (the frame's other samples too: sorting them out per frame would cost more than the
+        tick's dict lookup). The tick moves them into rings, windows and latest values
+        (`_absorb`) and evaluates the conditions then: a frame pays a list extend, the rest
+        is done in bulk ten times a second."""
+        return self._pending
 
     def _absorb(self) -> None:
         pending = self._pending

@@ -76,13 +76,11 @@ class Pipeline:
         self._batch: list[Sample] = []
         self._scratch: list[Sample] = []
         self._accepting = True
-        # Campaigns tap every decoded sample of these paths, before the policies (set_taps).
-        # Empty costs one truth test a frame; otherwise a frame whose id carries none of them
-        # costs one set lookup, and only the others have their samples looked at.
-        self.tap_paths: set[str] = set()
-        self._tap_ids: set[int] = set()
-        self._tap_every_frame = False  # a tapped path without a frame id of its own (computed)
-        self.tap: Callable[[Sample], None] = lambda sample: None
+        # Campaigns tap every sample of the paths they read, before the policies (set_taps):
+        # decoded paths inside the decode plan of the frames that carry them (other frames
+        # pay nothing); computed paths here, after the computer, only when one is tapped.
+        self._tap_computed: set[str] = set()
+        self._tap_sink: list[Sample] = []
         self.stats = PipelineStats()
         self._dropped_log = Repeating(log, "telemetry_dropped")
         self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
@@ -94,8 +92,7 @@ class Pipeline:
         offer = self.sampler.offer
         batch = self._batch
         limit = self._settings.batch_max_samples
-        tap_paths = self.tap_paths
-        tap_ids = self._tap_ids
+        tap_computed = self._tap_computed
         feed = self.computer.feed if self.computer is not None else None
 
         def on_frame(frame: FrameLike) -> None:
@@ -105,12 +102,10 @@ class Pipeline:
             scratch.clear()
             decoder.decode_into(frame, scratch)
             if feed is not None and scratch:
+                decoded = len(scratch)
                 feed(scratch)
-            if tap_paths and (frame.arbitration_id in tap_ids or self._tap_every_frame):
-                tap = self.tap
-                for sample in scratch:
-                    if sample[0] in tap_paths:  # the path (an index is cheaper than a name)
-                        tap(sample)
+                if tap_computed:
+                    self._tap_computed_of(scratch, decoded)
             for sample in scratch:
                 if offer(sample):
                     batch.append(sample)
@@ -128,8 +123,7 @@ class Pipeline:
         select = self.sampler.select
         batch = self._batch
         limit = self._settings.batch_max_samples
-        tap_paths = self.tap_paths
-        tap_ids = self._tap_ids
+        tap_computed = self._tap_computed
         computer = self.computer
         feed = computer.feed if computer is not None else None
         # Only frames that carry an input of a computed path are looked at by the computer.
@@ -141,7 +135,7 @@ class Pipeline:
                 stats.frames_after_stop += len(frames)
                 return
             samples: list[Sample] = []
-            if feed is None and not tap_paths:
+            if feed is None:
                 for key, data, ts in frames:
                     decode(key, data, ts, samples)
             else:
@@ -149,12 +143,10 @@ class Pipeline:
                     start = len(samples)
                     decode(key, data, ts, samples)
                     if key in feed_keys:
-                        feed(samples, start)  # type: ignore[misc]
-                    if tap_paths and (key & 0x1FFF_FFFF in tap_ids or self._tap_every_frame):
-                        tap = self.tap
-                        for i in range(start, len(samples)):
-                            if samples[i][0] in tap_paths:
-                                tap(samples[i])
+                        decoded = len(samples)
+                        feed(samples, start)
+                        if tap_computed:
+                            self._tap_computed_of(samples, decoded)
             if samples:
                 batch.extend(select(samples))
                 if len(batch) >= limit:
@@ -162,15 +154,22 @@ class Pipeline:
 
         return on_frames
 
-    def set_taps(self, paths: Iterable[str], frame_ids: Iterable[int] | None) -> None:
-        """The paths to tap, and the arbitration ids of the frames that carry them (None:
-        look at every frame, for paths computed from others). Changed in place: the frame
-        callbacks hold these very sets."""
-        self.tap_paths.clear()
-        self.tap_paths.update(paths)
-        self._tap_ids.clear()
-        self._tap_ids.update(frame_ids or ())
-        self._tap_every_frame = frame_ids is None
+    def set_taps(self, paths: Iterable[str], sink: list[Sample]) -> None:
+        """Tap these paths into `sink` (the campaign engine's pending list): the frames
+        that carry a decoded one hand all their samples to it from the decode plan (the
+        engine sorts them by path on its tick); computed ones are picked here. Changed in
+        place: the frame callbacks hold these very objects."""
+        wanted = set(paths)
+        for decoder in self.decoders.values():
+            decoder.set_tap(wanted, sink if wanted else None)
+        computed = self.computer.outputs if self.computer is not None else frozenset()
+        self._tap_computed.clear()
+        self._tap_computed.update(wanted & computed)
+        self._tap_sink = sink
+
+    def _tap_computed_of(self, samples: list[Sample], start: int) -> None:
+        tapped = self._tap_computed
+        self._tap_sink.extend(s for s in samples[start:] if s[0] in tapped)
 
     def stop_accepting(self) -> None:
         """Shutdown step one: frames still arriving are ignored (counted)."""

@@ -55,6 +55,11 @@ class Computer:
         return bool(self._by_input)
 
     @property
+    def outputs(self) -> frozenset[str]:
+        """The computed paths."""
+        return frozenset(c.path for users in self._by_input.values() for c in users)
+
+    @property
     def inputs(self) -> frozenset[str]:
         """The paths the computed ones are made of."""
         return frozenset(self._by_input)

@@ -226,6 +226,8 @@ class _Plan:
     mux: str | None = None  # selector signal name when mapped signals are multiplexed
     branches: dict[int, _Plan] | None = None
     fallback: Message | None = None  # nested multiplexing: cantools decodes the frame
+    # Campaigns (Decoder.set_tap): a frame of this plan also hands its samples to this list.
+    tap: list[Sample] | None = None
 
 
 def _outputs(mapped: Iterable[MappedSignal], types: Mapping[str, PathType]) -> _Outputs:
@@ -303,6 +305,15 @@ class Decoder:
         """The frame keys with at least one mapped signal (for kernel receive filters)."""
         return frozenset(self._plans)
 
+    def set_tap(self, paths: Iterable[str], sink: list[Sample] | None) -> None:
+        """Frames that can carry one of `paths` also hand all their samples to `sink` (the
+        campaigns' pending list, which sorts them by path ten times a second): other frames
+        pay one attribute test, an idle campaign no Python call per frame. `sink` None, or
+        no paths, taps nothing."""
+        keys = self.keys_carrying(paths) if sink is not None else frozenset()
+        for key, plan in self._plans.items():
+            plan.tap = sink if key in keys else None
+
     def keys_carrying(self, paths: Iterable[str]) -> frozenset[int]:
         """The frame keys whose frames can carry one of `paths`."""
         wanted = set(paths)
@@ -373,9 +384,13 @@ class Decoder:
             stats.failed += 1
             return
         stats.decoded += 1
+        tap = plan.tap
+        before = len(out) if tap is not None else 0
         self._emit(plan.outs, raw, timestamp, out)
         if branch is not None:
             self._emit(branch.outs, branch_raw, timestamp, out)
+        if tap is not None:
+            tap += out[before:]
 
     def _emit(self, outs: _Outputs, raw: Any, ts: float, out: list[Sample]) -> None:
         # Hot path: locals only, one tuple per sample, counters updated once per frame.

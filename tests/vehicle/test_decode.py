@@ -425,3 +425,24 @@ def test_nested_multiplexing_falls_back_to_cantools(tmp_path: Path) -> None:
     assert [(s.path, s.value) for s in decoder.decode(Frame(5, other))] == [("Test.Other", 200)]
     assert decoder.decode(Frame(5, neither)) == []
     assert decoder.stats.decoded == 3
+
+
+def test_a_tap_takes_the_samples_of_the_frames_that_carry_its_paths(
+    demo_vehicle: dbc.Vehicle,
+) -> None:
+    """Campaigns' tap: a frame that can carry a tapped path hands all its samples to the sink
+    as well as to the caller; a frame that cannot hands nothing; no sink taps nothing."""
+    decoder = build_decoders(demo_vehicle)["powertrain"]
+    pt = demo_vehicle.buses["powertrain"]
+    tapped = "Vehicle.Powertrain.TractionBattery.Temperature.Average"
+    sink: list[object] = []
+    decoder.set_tap({tapped, "Vehicle.Not.Decoded.Here"}, sink)  # type: ignore[arg-type]
+    carrier = next(m for m in demo_vehicle.mapped if m.path == tapped).message
+    other = pt.by_name["BMS_Range"]
+    with_tap = decoder.decode(_frame(carrier, bytes(carrier.length)))
+    assert tapped in {s.path for s in with_tap} and sink == with_tap
+    decoder.decode(_frame(other, bytes(other.length)))
+    assert sink == with_tap  # nothing more: BMS_Range carries no tapped path
+    decoder.set_tap({tapped}, None)
+    decoder.decode(_frame(carrier, bytes(carrier.length)))
+    assert sink == with_tap
