@@ -209,14 +209,16 @@ class Pipeline:
         return lambda seq: telemetry_payload(self._vehicle_id, seq, chunk, self._encoder)
 
     async def run(self) -> None:
-        """Flush every `batch_interval_ms` (measured from the last flush); the first batch
-        after start goes out after FIRST_FLUSH_S, so that a back end sees a (re)started car's
-        state within a moment rather than a whole batch interval later."""
+        """Flush every `batch_interval_ms` (measured from the last flush). During the first
+        interval the batch is looked at every FIRST_FLUSH_S until one has gone out, so that a
+        back end sees a (re)started car's state within a moment, not a whole interval later."""
         interval = self._settings.batch_interval_ms / 1000.0
-        first = True
+        # Until the first batch has gone out (the buses may take a moment to deliver), or
+        # one interval has passed, look every FIRST_FLUSH_S.
+        early_until = time.monotonic() + interval
         while True:
-            await asyncio.sleep(min(interval, FIRST_FLUSH_S) if first else interval)
-            first = False
+            early = self.stats.batches == 0 and time.monotonic() < early_until
+            await asyncio.sleep(min(interval, FIRST_FLUSH_S) if early else interval)
             if self._batch:
                 self.flush()
             self.last_tick = time.monotonic()
