@@ -20,8 +20,12 @@ demo: $(STAMP)
 
 # The vcan tests need real SocketCAN: tests/vcan/run.sh runs them directly where the host has
 # vcan0/vcan1, and inside User-Mode Linux where its kernel has no CAN.
+# Most tests wait on brokers, daemons and simulated time, so they run on PYTEST_WORKERS
+# workers (pytest-xdist); the check that the run left the checkout clean runs after them all.
+PYTEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/pytest --ignore=tests/vcan --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/vcan -n $(PYTEST_WORKERS) -m "not last" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/vcan -m last -q
 	tests/vcan/run.sh
 
 check: $(STAMP)

@@ -43,10 +43,20 @@ _FIGURES: list[str] = []
 
 
 @pytest.fixture
-def report() -> Callable[[str], None]:
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Record a measured figure (fault test, cap test, flood test) for the run's summary, so
-    it shows in CI output even when the test passes quietly."""
-    return _FIGURES.append
+    it shows in CI output even when the test passes quietly. The figure travels with the
+    test's report, so that it reaches the summary from pytest-xdist's workers too."""
+
+    def add(line: str) -> None:
+        request.node.user_properties.append(("figure", line))
+
+    return add
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # the last report of a test carries all its properties
+        _FIGURES.extend(str(v) for k, v in report.user_properties if k == "figure")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
