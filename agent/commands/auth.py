@@ -11,6 +11,7 @@ Pure functions over plain data: no clock, no I/O.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,6 +95,10 @@ class Verifier:
         keys = {}
         if settings.trust:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            # PyJWT too, now rather than on the first command: its import took ~0.5 s in
+            # User-Mode Linux (a slow head unit), which the first `accepted` would wait for.
+            importlib.import_module("jwt")
         for entry in settings.trust:
             raw = public_key_bytes(entry.public_key)
             keys[entry.kid] = TrustedKey(
