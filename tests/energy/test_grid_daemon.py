@@ -36,6 +36,37 @@ def _states(rig: Rig, since: float, until: float) -> list[str]:
     ]
 
 
+def _schedule_on_a_still_car(rig: Rig) -> tuple[datetime, Callable[[float], str]]:
+    """Stop the arriving car's charging so that its state of charge holds still, read it, and
+    start a charging.schedule for 0.8 % more: cheap for 150 s, dear after. 0.8 % of 75 kWh is
+    more than the cheap 150 s hold at 11 kW by the plan's reckoning (~213 s), so the plan
+    charges through the whole cheap window; the car, at 4x, needs about 55 s. Returns the
+    schedule's time zero and `at(seconds)`, an ISO time that many seconds after it."""
+    wait_until(lambda: rig.sub.on("state"), 15, "the first state")
+    time.sleep(1.0)
+    assert _run(rig, rig.key.token(rig.vehicle, "charging.stop"))["status"] == "succeeded"
+    count = len(rig.sub.on("state"))
+    assert _run(rig, rig.key.token(rig.vehicle, "state.snapshot"))["status"] == "succeeded"
+    wait_until(lambda: len(rig.sub.on("state")) > count, 5, "a fresh state")
+    soc = rig.sub.on("state")[-1].json()["values"][SOC]
+    t0 = datetime.now(UTC)
+
+    def at(seconds: float) -> str:
+        return (t0 + timedelta(seconds=seconds)).isoformat()
+
+    schedule = {
+        "departure": at(400),
+        "target_soc_pct": soc + 0.8,
+        "tariff": [
+            {"start": at(-10), "end": at(150), "price": 0.1},
+            {"start": at(150), "end": at(400), "price": 0.5},
+        ],
+    }
+    result = _run(rig, rig.key.token(rig.vehicle, "charging.schedule", schedule, ttl=300))
+    assert result["status"] == "succeeded", result
+    return t0, at
+
+
 @pytest.mark.timeout(300)
 def test_a_zero_limit_pauses_a_schedule_across_a_restart_and_the_target_is_still_met(
     rig_factory: Callable[..., tuple[Rig, Callable[[], Any]]], report: Callable[[str], None]
@@ -64,32 +95,9 @@ def test_a_zero_limit_pauses_a_schedule_across_a_restart_and_the_target_is_still
         return [e["name"] for e in _charging_events(rig)]
 
     with running():
-        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
-        time.sleep(1.0)
-        # The car arrives charging: stop it so that the state of charge holds still.
-        assert _run(rig, rig.key.token(rig.vehicle, "charging.stop"))["status"] == "succeeded"
-        count = len(rig.sub.on("state"))
-        assert _run(rig, rig.key.token(rig.vehicle, "state.snapshot"))["status"] == "succeeded"
-        wait_until(lambda: len(rig.sub.on("state")) > count, 5, "a fresh state")
-        soc = rig.sub.on("state")[-1].json()["values"][SOC]
-        t0 = datetime.now(UTC)
-
-        def at(seconds: float) -> str:
-            return (t0 + timedelta(seconds=seconds)).isoformat()
-
-        # 0.8 % of 75 kWh at 11 kW is ~213 s by the plan's reckoning (the car, at 4x, needs
-        # about 55 s): the grid is about to close half a minute of the cheap window, and the
-        # target is out of reach before it.
-        schedule = {
-            "departure": at(400),
-            "target_soc_pct": soc + 0.8,
-            "tariff": [
-                {"start": at(-10), "end": at(150), "price": 0.1},
-                {"start": at(150), "end": at(400), "price": 0.5},
-            ],
-        }
-        result = _run(rig, rig.key.token(rig.vehicle, "charging.schedule", schedule, ttl=300))
-        assert result["status"] == "succeeded", result
+        # The grid is about to close half a minute of the cheap window, and the target is
+        # out of reach before it.
+        t0, at = _schedule_on_a_still_car(rig)
         signal = {
             "limits": [{"start": at(30), "end": at(60), "max_power_kw": 0}],
             "valid_until": at(600),
@@ -184,31 +192,7 @@ def test_a_non_zero_limit_caps_the_charge_power_for_its_window_and_then_lifts_it
         return [e["name"] for e in _charging_events(rig)]
 
     with running():
-        wait_until(lambda: rig.sub.on("state"), 15, "the first state")
-        time.sleep(1.0)
-        assert _run(rig, rig.key.token(rig.vehicle, "charging.stop"))["status"] == "succeeded"
-        count = len(rig.sub.on("state"))
-        assert _run(rig, rig.key.token(rig.vehicle, "state.snapshot"))["status"] == "succeeded"
-        wait_until(lambda: len(rig.sub.on("state")) > count, 5, "a fresh state")
-        soc = rig.sub.on("state")[-1].json()["values"][SOC]
-        t0 = datetime.now(UTC)
-
-        def at(seconds: float) -> str:
-            return (t0 + timedelta(seconds=seconds)).isoformat()
-
-        # 0.8 % of 75 kWh is more than the cheap 150 s can hold at 11 kW by the plan's
-        # reckoning, so the plan charges through all of it, the capped window included (the
-        # car, at 4x, is still short of the target when the window ends).
-        schedule = {
-            "departure": at(400),
-            "target_soc_pct": soc + 0.8,
-            "tariff": [
-                {"start": at(-10), "end": at(150), "price": 0.1},
-                {"start": at(150), "end": at(400), "price": 0.5},
-            ],
-        }
-        result = _run(rig, rig.key.token(rig.vehicle, "charging.schedule", schedule, ttl=300))
-        assert result["status"] == "succeeded", result
+        t0, at = _schedule_on_a_still_car(rig)
         signal = {
             "limits": [{"start": at(20), "end": at(45), "max_power_kw": cap}],
             "valid_until": at(600),
