@@ -55,8 +55,7 @@ class Sampler:
     """Applies each path's policy; keeps the last published and the latest seen values."""
 
     def __init__(self, policies: Mapping[str, Policy]) -> None:
-        self._policies = dict(policies)
-        self._rules = _rules(self._policies)
+        self._rules = _rules(policies)
         self._published: dict[str, Sample] = {}
         self.latest: dict[str, Sample] = {}
         self.offered = 0
@@ -64,25 +63,16 @@ class Sampler:
 
     def update_policies(self, policies: Mapping[str, Policy]) -> None:
         """New policies (on reload) apply from the next sample; history is kept."""
-        self._policies = dict(policies)
-        self._rules = _rules(self._policies)
+        self._rules = _rules(policies)
 
     def offer(self, sample: Sample) -> bool:
         """Record `sample`; True when its path's policy says publish it."""
-        self.offered += 1
-        self.latest[sample.path] = sample
-        policy = self._policies.get(sample.path)
-        last = self._published.get(sample.path)
-        if policy is None or last is None or self._due(policy, sample, last):
-            self._published[sample.path] = sample
-            return True
-        self.suppressed += 1
-        return False
+        return bool(self.select((sample,)))
 
     def select(self, samples: Iterable[Sample]) -> list[Sample]:
-        """The samples to publish, in order: exactly `offer` on each, in one loop (the live
-        path hands over all the samples of a read at once). The common outcomes, too soon
-        after the last one or unchanged, are a few comparisons on the path's rule tuple."""
+        """The samples to publish, in order (the live path hands over all the samples of a
+        read at once; `offer` is the case of one). The common outcomes, too soon after the
+        last one or unchanged, are a few comparisons on the path's rule tuple."""
         out: list[Sample] = []
         append = out.append
         latest = self.latest
@@ -99,7 +89,7 @@ class Sampler:
                 if rule is not None:
                     min_s, max_s, deadband, on_change = rule
                     elapsed = ts - last[1]
-                    if elapsed < 0:  # time ran backwards: taken as elapsed (as in _due)
+                    if elapsed < 0:  # time ran backwards: taken as elapsed
                         elapsed = _LONG_AGO
                     if elapsed < min_s:
                         continue
@@ -126,19 +116,6 @@ class Sampler:
         self.offered += offered
         self.suppressed += offered - len(out)
         return out
-
-    @staticmethod
-    def _due(policy: Policy, sample: Sample, last: Sample) -> bool:
-        elapsed = sample.ts - last.ts
-        if elapsed < 0:
-            elapsed = float("inf")
-        if elapsed < policy.min_interval_s:
-            return False
-        if policy.max_interval_s is not None and elapsed >= policy.max_interval_s:
-            return True
-        if policy.on_change:
-            return changed(sample.value, last.value, policy.deadband)
-        return policy.max_interval_s is None
 
 
 _FOREVER = float("inf")  # no heartbeat

@@ -132,6 +132,32 @@ _POLICIES = st.builds(
 )
 
 
+def _reference(rules: dict[str, Policy], samples: list[Sample]) -> list[Sample]:
+    """The policies as the module docstring states them, written plainly, one sample at a
+    time: the model the Sampler's fast loop is held to."""
+    published: dict[str, Sample] = {}
+    out = []
+    for sample in samples:
+        policy, last = rules.get(sample.path), published.get(sample.path)
+        due = policy is None or last is None
+        if not due:
+            assert policy is not None and last is not None
+            elapsed = sample.ts - last.ts
+            elapsed = float("inf") if elapsed < 0 else elapsed  # time ran backwards
+            if elapsed < policy.min_interval_s:
+                due = False
+            elif policy.max_interval_s is not None and elapsed >= policy.max_interval_s:
+                due = True
+            elif policy.on_change:
+                due = changed(sample.value, last.value, policy.deadband)
+            else:
+                due = policy.max_interval_s is None
+        if due:
+            published[sample.path] = sample
+            out.append(sample)
+    return out
+
+
 @given(
     policies=st.lists(_POLICIES, min_size=3, max_size=3),
     timeline=st.lists(
@@ -144,8 +170,9 @@ def test_select_over_a_whole_read_decides_as_offer_does_sample_by_sample(
     policies: list[Policy], timeline: list[tuple[int, float, Value]]
 ) -> None:
     """The live path runs the policies once over all the samples of a read (`select`): the
-    same samples pass as with `offer` one by one, whatever the values' types, the steps in
-    time (backwards too) and the policies; path 3 has none (every sample passes)."""
+    same samples pass as with `offer` one by one, and as with the plain statement of the
+    policies (`_reference`), whatever the values' types, the steps in time (backwards too)
+    and the policies; path 3 has none (every sample passes)."""
     paths = ["A.a", "A.b", "A.c", "A.d"]
     rules = dict(zip(paths, policies, strict=False))
     one, many = Sampler(rules), Sampler(rules)
@@ -155,7 +182,8 @@ def test_select_over_a_whole_read_decides_as_offer_does_sample_by_sample(
         ts += step
         samples.append(Sample(paths[path], ts, value))
     assert many.select(samples) == [s for s in samples if one.offer(s)]
-    assert many.latest == one.latest
-    assert (many.offered, many.suppressed) == (one.offered, one.suppressed)
     later = [Sample(p, ts + 0.1, 1) for p in paths]  # the history carries over
     assert many.select(later) == [s for s in later if one.offer(s)]
+    assert _reference(rules, samples + later) == Sampler(rules).select(samples + later)
+    assert many.latest == one.latest
+    assert (many.offered, many.suppressed) == (one.offered, one.suppressed)
