@@ -98,23 +98,6 @@ def parse(frame: bytes | bytearray | memoryview, timestamp: float) -> KernelFram
     )
 
 
-def frame_of(key: int, data: bytes, timestamp: float) -> KernelFrame:
-    """A hot-path tuple's frame as a `KernelFrame` (the CAN FD flags are not in the tuple)."""
-    extended = bool(key & CAN_EFF_FLAG)
-    return KernelFrame(
-        arbitration_id=key & (CAN_EFF_MASK if extended else CAN_SFF_MASK),
-        data=data,
-        timestamp=timestamp,
-        is_extended_id=extended,
-        is_remote_frame=bool(key & CAN_RTR_FLAG),
-        is_error_frame=bool(key & CAN_ERR_FLAG),
-        is_fd=len(data) > 8,
-        bitrate_switch=False,
-        error_state_indicator=False,
-        dlc=len(data),
-    )
-
-
 def timestamp_of(data: bytes) -> float:
     """A `struct timespec` (SCM_TIMESTAMPNS) in seconds, computed as python-can does."""
     seconds, nanoseconds = _TIMESPEC.unpack_from(data)
