@@ -130,7 +130,12 @@ async def play(
                 stats.skipped += 1
                 continue
             if first_ts is None:
+                # The pace counts from the first frame as it went out: a late first send
+                # (a busy machine) must not make the next ones early against it.
                 first_ts = msg.timestamp
+                _send(buses[router.route(msg)], msg, stats)
+                started = time.monotonic()
+                continue
             due = started + (msg.timestamp - first_ts) / speed
             wait = due - time.monotonic()
             # A log spliced from two recordings may step back in time: send such frames at once.
