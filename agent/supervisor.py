@@ -130,15 +130,15 @@ class Agent:
     def _values(self) -> dict[str, Any]:
         """The latest value of every path seen: what preconditions, feedback, the schedule
         and alerts read."""
-        return {p: s.value for p, s in self._sampler.latest.items()}
+        return dict(self._sampler.values)
 
     def _state(self) -> dict[str, Any] | None:
-        latest = self._sampler.latest
-        if not latest:
+        values = self._sampler.values
+        if not values:
             return None
         return {
             "ts": round(time.time(), 3),
-            "values": {p: s.value for p, s in latest.items()},
+            "values": dict(values),
             "alerts": self.alerts.active,
             "campaigns": self.campaigns.state() if self.campaigns is not None else [],
             "charging": {

@@ -240,6 +240,7 @@ async def run_agent(
                 "decoded": sum(d.stats.decoded for d in decoders.values()),
                 "published": pipeline.stats.samples_published + len(pipeline._batch),
                 "rx_overflows": sum(getattr(r.stats, "rx_overflows", 0) for r in receivers),
+                "repeated": getattr(pipeline.stats, "frames_repeated", 0),
             }
         return cpu, wall, got, extra
 

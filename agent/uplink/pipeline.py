@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
 from agent.vehicle.compute import Computer
 from agent.vehicle.decode import Decoder
 from agent.vehicle.model import FrameLike, RawFrame, Sample
+from agent.vehicle.repeats import Repeat, Repeats
 from agent.vehicle.signals import Sampler
 
 log = structlog.get_logger("agent.uplink.pipeline")
@@ -37,6 +39,7 @@ class PipelineStats:
     batches: int = 0
     samples_dropped: int = 0  # lost because the outbox refused the write
     frames_after_stop: int = 0
+    frames_repeated: int = 0  # live path: skipped as repeats of the last frame of their id
 
 
 def telemetry_payload(
@@ -82,6 +85,7 @@ class Pipeline:
         self._tap_computed: set[str] = set()
         self._tap_sink: list[Sample] = []
         self.stats = PipelineStats()
+        self._repeats: dict[str, Repeats] = {}  # the live path's, by bus
         self._dropped_log = Repeating(log, "telemetry_dropped")
         self.last_tick = time.monotonic()  # the batch timer's heartbeat, for the watchdog
 
@@ -117,10 +121,15 @@ class Pipeline:
     def frames_receiver_for(self, bus: str) -> Callable[[list[RawFrame]], None]:
         """The callback of one bus for frames read many at a time, as the kernel's structs
         carry them (agent.vehicle.sockread): the same work as `receiver_for`'s per frame,
-        with the sampling policies run once over all the samples of the read."""
+        with the sampling policies run once over all the samples of the read, and frames
+        that repeat the last one of their id while no policy is due skipped before decoding
+        (agent.vehicle.repeats)."""
         decoder = self.decoders[bus]
         decode = decoder.decode_raw
-        select = self.sampler.select
+        decode_changed = decoder.decode_changed
+        decode_stats = decoder.stats
+        sampler = self.sampler
+        select = sampler.select
         batch = self._batch
         limit = self._settings.batch_max_samples
         tap_computed = self._tap_computed
@@ -129,28 +138,65 @@ class Pipeline:
         # Only frames that carry an input of a computed path are looked at by the computer.
         feed_keys = decoder.keys_carrying(computer.inputs) if computer is not None else frozenset()
         stats = self.stats
+        repeats = self._repeats.setdefault(bus, Repeats(decoder, sampler))
+        repeat_of = repeats.by_key.get
+        from_bytes = int.from_bytes
+        never = -math.inf
 
         def on_frames(frames: list[RawFrame]) -> None:
             if not self._accepting:
                 stats.frames_after_stop += len(frames)
                 return
+            if repeats.version != sampler.rules_version:
+                repeats.reset()
             samples: list[Sample] = []
-            if feed is None:
-                for key, data, ts in frames:
-                    decode(key, data, ts, samples)
-            else:
-                for key, data, ts in frames:
+            touched: set[Repeat] = set()
+            skipped = skipped_samples = 0
+            for key, data, ts in frames:
+                repeat = repeat_of(key)
+                if repeat is None:
                     start = len(samples)
                     decode(key, data, ts, samples)
-                    if key in feed_keys:
-                        decoded = len(samples)
-                        feed(samples, start)
-                        if tap_computed:
-                            self._tap_computed_of(samples, decoded)
+                else:
+                    bits = from_bytes(data, "little") & repeat.mask
+                    changed = -1  # every signal's sample
+                    if len(data) == repeat.length and repeat.bits >= 0:
+                        if bits == repeat.bits and repeat in touched and repeat.hopeful:
+                            # Its id was decoded earlier in this read: the policies see the
+                            # samples so far, so that this repeat can be judged.
+                            if samples:
+                                batch.extend(select(samples))
+                                samples = []
+                            repeats.renew(touched)
+                            touched.clear()
+                        if repeat.floor <= ts < repeat.due:
+                            changed = bits ^ repeat.bits  # only the signals that moved
+                            if not changed:
+                                skipped += 1
+                                skipped_samples += repeat.count
+                                continue
+                    start = len(samples)
+                    complete = decode_changed(key, data, ts, samples, changed, bits)
+                    repeat.due = never  # until renewed after the policies
+                    repeat.length = len(data)
+                    # A short frame or a dropped value: the next one is decoded in full.
+                    repeat.bits = bits if complete else -1
+                    touched.add(repeat)
+                if feed is not None and key in feed_keys:
+                    decoded = len(samples)
+                    feed(samples, start)
+                    if tap_computed:
+                        self._tap_computed_of(samples, decoded)
+            if skipped:
+                stats.frames_repeated += skipped
+                decode_stats.decoded += skipped
+                decode_stats.samples += skipped_samples  # as if given again
             if samples:
                 batch.extend(select(samples))
                 if len(batch) >= limit:
                     self.flush(whole_only=True)
+            if touched:
+                repeats.renew(touched)
 
         return on_frames
 
@@ -162,6 +208,8 @@ class Pipeline:
         wanted = set(paths)
         for decoder in self.decoders.values():
             decoder.set_tap(wanted, sink if wanted else None)
+        for repeats in self._repeats.values():
+            repeats.reset()  # tapped plans are not skipped
         computed = self.computer.outputs if self.computer is not None else frozenset()
         self._tap_computed.clear()
         self._tap_computed.update(wanted & computed)

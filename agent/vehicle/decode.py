@@ -24,6 +24,7 @@ from cantools.database.utils import create_encode_decode_formats
 
 from agent.vehicle.dbc import MappedSignal, Vehicle, choices_of, frame_key, raw_range
 from agent.vehicle.model import FrameLike, Sample, Value
+from agent.vehicle.unpackers import Unpacker, generate
 from agent.vehicle.vsscheck import PathType, effective_linear, resolution_decimals, untyped
 
 
@@ -87,18 +88,20 @@ class _Outputs:
       converter closure each that returns the value or a _Drop.
     """
 
-    ints: list[tuple[str, str, int, int, float, float]] = field(default_factory=list)
-    exact: list[tuple[str, str, int, int, int, float, float]] = field(default_factory=list)
-    tables: list[tuple[str, str, dict[Any, Any], _Drop]] = field(default_factory=list)
-    general: list[tuple[str, str, Callable[[Any], Any]]] = field(default_factory=list)
+    ints: list[tuple[int, str, str, int, int, float, float]] = field(default_factory=list)
+    exact: list[tuple[int, str, str, int, int, int, float, float]] = field(default_factory=list)
+    tables: list[tuple[int, str, str, dict[Any, Any], _Drop]] = field(default_factory=list)
+    general: list[tuple[int, str, str, Callable[[Any], Any]]] = field(default_factory=list)
 
     def add(self, mapped: MappedSignal, ptype: PathType) -> None:
         signal = mapped.signal
         settings = mapped.settings
-        path, name = mapped.path, signal.name
+        # Each entry starts with its signal's bits (signal_mask): a frame decoded with a
+        # `changed` mask (Decoder.decode_changed) skips the entries whose bits did not move.
+        mask, path, name = signal_mask((signal,)), mapped.path, signal.name
         table = _table(mapped, ptype)
         if table is not None:
-            self.tables.append((path, name, *table))
+            self.tables.append((mask, path, name, *table))
             return
         transform = settings.transform
         fast = not signal.is_float and not choices_of(signal) and not settings.invalid
@@ -111,13 +114,13 @@ class _Outputs:
             low = -math.inf if always or ptype.low is None else ptype.low
             high = math.inf if always or ptype.high is None else ptype.high
             if ptype.kind == "integer" and scale == int(scale) and offset == int(offset):
-                self.ints.append((path, name, int(scale), int(offset), low, high))
+                self.ints.append((mask, path, name, int(scale), int(offset), low, high))
                 return
             exact = _as_fraction(scale, offset, ptype.decimals, resolution_decimals(mapped))
             if ptype.kind == "float" and exact is not None:
-                self.exact.append((path, name, *exact, low, high))
+                self.exact.append((mask, path, name, *exact, low, high))
                 return
-        self.general.append((path, name, converter(mapped, ptype)))
+        self.general.append((mask, path, name, converter(mapped, ptype)))
 
 
 def _table(mapped: MappedSignal, ptype: PathType) -> tuple[dict[Any, Any], _Drop] | None:
@@ -228,6 +231,9 @@ class _Plan:
     fallback: Message | None = None  # nested multiplexing: cantools decodes the frame
     # Campaigns (Decoder.set_tap): a frame of this plan also hands its samples to this list.
     tap: list[Sample] | None = None
+    mask: int = 0  # the bits its unpackers read (repeat_masks)
+    fast: Unpacker | None = None  # generated straight-line decode (agent.vehicle.unpackers)
+    entries: int = 0  # its outputs (samples a frame gives, none dropped)
 
 
 def _outputs(mapped: Iterable[MappedSignal], types: Mapping[str, PathType]) -> _Outputs:
@@ -270,7 +276,31 @@ def _build_plan(
             name = f"{message.name}[{mux_id}]"
             branches[mux_id] = _Plan(name, length, big, little, _outputs(members, types))
     big, little = _compile(base_signals, length)
-    return _Plan(message.name, length, big, little, _outputs(base, types), selector, branches)
+    plan = _Plan(message.name, length, big, little, _outputs(base, types), selector, branches)
+    plan.mask = signal_mask(base_signals)
+    plan.entries = len(_paths_of(plan))
+    if branches is None:
+        plan.fast = generate(plan.outs, {s.name: s for s in base_signals}, length, _Drop)
+    return plan
+
+
+def signal_mask(signals: Iterable[Signal]) -> int:
+    """The bits the signals occupy, numbered as in `int.from_bytes(data, "little")` (byte i
+    holds bits 8i..8i+7, least significant first): the numbering of a DBC start bit. A
+    little-endian signal runs up from its start bit; a big-endian one (Motorola) starts at
+    its most significant bit and runs down within a byte, then on at bit 7 of the next."""
+    mask = 0
+    for signal in signals:
+        position = signal.start
+        for _ in range(signal.length):
+            mask |= 1 << position
+            if signal.byte_order != "big_endian":
+                position += 1
+            elif position % 8 == 0:
+                position += 15
+            else:
+                position -= 1
+    return mask
 
 
 def _nested(message: Message, signal: Signal) -> bool:
@@ -318,6 +348,20 @@ class Decoder:
         """The frame keys whose frames can carry one of `paths`."""
         wanted = set(paths)
         return frozenset(key for key, plan in self._plans.items() if wanted & _paths_of(plan))
+
+    def repeat_masks(self) -> dict[int, tuple[int, int, tuple[str, ...]]]:
+        """For each frame key whose frames can be skipped when they repeat (agent.vehicle.
+        repeats): (mask, length, paths). `mask` has the bits, in the little-endian integer
+        of the frame's bytes, that the plan reads; equal bits under it decode to equal samples.
+        Left out: multiplexed plans (frames of one id take turns), cantools' fallback and
+        tapped plans (a campaign wants every sample)."""
+        out = {}
+        for key, plan in self._plans.items():
+            if plan.branches is not None or plan.fallback is not None or plan.tap is not None:
+                continue
+            paths = tuple(sorted(_paths_of(plan)))
+            out[key] = (plan.mask, plan.length, paths)
+        return out
 
     def decode(self, frame: FrameLike) -> list[Sample]:
         out: list[Sample] = []
@@ -392,55 +436,100 @@ class Decoder:
         if tap is not None:
             tap += out[before:]
 
-    def _emit(self, outs: _Outputs, raw: Any, ts: float, out: list[Sample]) -> None:
-        # Hot path: locals only, one tuple per sample, counters updated once per frame.
-        # Missing names only happen with the cantools fallback (branch not selected).
+    def decode_changed(
+        self, key: int, data: bytes, ts: float, out: list[Sample], changed: int, bits: int
+    ) -> bool:
+        """`decode_raw` for a frame of an id in `repeat_masks`, appending the samples of the
+        signals whose bits meet `changed` only (-1: all): the others carry what the last
+        frame decoded did, which the caller knows. They count in `stats.samples` as if given
+        again. `bits`: the frame's bytes as a little-endian integer under the plan's mask.
+        True when no value was dropped, so the frame's bits stand for its values."""
+        plan = self._plans[key]
+        stats = self.stats
+        if len(data) < plan.length:
+            stats.short += 1
+            return False
+        before = len(out)
+        fast = plan.fast
+        if fast is not None:
+            stats.decoded += 1
+            dropped = fast(bits, ts, out, changed, stats)
+            stats.samples += len(out) - before
+        else:
+            if len(data) > plan.length:
+                data = data[: plan.length]
+            try:
+                raw = _unpack(plan, data)
+            except Exception:  # as in decode_key
+                stats.failed += 1
+                return False
+            stats.decoded += 1
+            dropped = self._emit(plan.outs, raw, ts, out, changed)
+        if changed != -1:
+            stats.samples += plan.entries - (len(out) - before) - dropped
+        return not dropped
+
+    def _emit(
+        self, outs: _Outputs, raw: Any, ts: float, out: list[Sample], changed: int = -1
+    ) -> int:
+        """Append the samples of `outs`, of the entries whose signal bits meet `changed`
+        (-1: all); the number of values dropped. Hot path: locals only, one tuple per
+        sample, counters updated once per frame. Missing names only happen with the
+        cantools fallback (branch not selected)."""
         new = tuple.__new__
         append = out.append
         before = len(out)
         stats = self.stats
-        for path, name, scale, offset, low, high in outs.ints:
-            value = raw.get(name)
-            if value is not None:
-                value = value * scale + offset
-                if low <= value <= high:
-                    append(new(Sample, (path, ts, value)))
-                else:
-                    stats.out_of_range += 1
-        for path, name, num, off, den, low, high in outs.exact:
-            value = raw.get(name)
-            if value is not None:
-                value = (value * num + off) / den
-                if low <= value <= high:
-                    append(new(Sample, (path, ts, value)))
-                else:
-                    stats.out_of_range += 1
-        if not (outs.tables or outs.general):
-            stats.samples += len(out) - before
-            return
-        for path, name, table, missing in outs.tables:
-            value = raw.get(name)
-            if value is not None:
-                result = table.get(value, missing)
-                if result.__class__ is _Drop:
-                    setattr(stats, result.counter, getattr(stats, result.counter) + 1)
-                else:
-                    append(new(Sample, (path, ts, result)))
-        for path, name, convert in outs.general:
-            value = raw.get(name)
-            if value is not None:
-                result = convert(value)
-                if result.__class__ is _Drop:
-                    setattr(stats, result.counter, getattr(stats, result.counter) + 1)
-                else:
-                    append(new(Sample, (path, ts, result)))
+        dropped = 0
+        for mask, path, name, scale, offset, low, high in outs.ints:
+            if changed & mask:
+                value = raw.get(name)
+                if value is not None:
+                    value = value * scale + offset
+                    if low <= value <= high:
+                        append(new(Sample, (path, ts, value)))
+                    else:
+                        dropped += 1
+                        stats.out_of_range += 1
+        for mask, path, name, num, off, den, low, high in outs.exact:
+            if changed & mask:
+                value = raw.get(name)
+                if value is not None:
+                    value = (value * num + off) / den
+                    if low <= value <= high:
+                        append(new(Sample, (path, ts, value)))
+                    else:
+                        dropped += 1
+                        stats.out_of_range += 1
+        if outs.tables or outs.general:
+            for mask, path, name, table, missing in outs.tables:
+                if changed & mask:
+                    value = raw.get(name)
+                    if value is not None:
+                        result = table.get(value, missing)
+                        if result.__class__ is _Drop:
+                            dropped += 1
+                            setattr(stats, result.counter, getattr(stats, result.counter) + 1)
+                        else:
+                            append(new(Sample, (path, ts, result)))
+            for mask, path, name, convert in outs.general:
+                if changed & mask:
+                    value = raw.get(name)
+                    if value is not None:
+                        result = convert(value)
+                        if result.__class__ is _Drop:
+                            dropped += 1
+                            setattr(stats, result.counter, getattr(stats, result.counter) + 1)
+                        else:
+                            append(new(Sample, (path, ts, result)))
         stats.samples += len(out) - before
+        return dropped
 
 
 def _paths_of(plan: _Plan) -> set[str]:
     outs = plan.outs
     paths = {
-        entry[0] for group in (outs.ints, outs.exact, outs.tables, outs.general) for entry in group
+        entry[1] for group in (outs.ints, outs.exact, outs.tables, outs.general) for entry in group
     }
     for branch in (plan.branches or {}).values():
         paths |= _paths_of(branch)

@@ -11,6 +11,9 @@ speed is sampled exactly as the car was. Per path:
 
 The first value of a path is always published. If time runs backwards (a log spliced from two
 recordings, a bus whose clock was reset) the interval is taken as elapsed rather than stalling.
+
+`due` says from when a path whose value stays as it is would next be published: what lets the
+live path skip frames that repeat the last one (agent.vehicle.repeats).
 """
 
 from __future__ import annotations
@@ -52,18 +55,58 @@ def changed(new: Value, old: Value, deadband: float) -> bool:
 
 
 class Sampler:
-    """Applies each path's policy; keeps the last published and the latest seen values."""
+    """Applies each path's policy; keeps the last published sample and the latest value seen
+    of each path (the value only: a frame skipped as a repeat carries the same one)."""
 
     def __init__(self, policies: Mapping[str, Policy]) -> None:
         self._rules = _rules(policies)
         self._published: dict[str, Sample] = {}
-        self.latest: dict[str, Sample] = {}
+        self.values: dict[str, Value] = {}
         self.offered = 0
         self.suppressed = 0
+        self.rules_version = 0  # changes with the policies: what was worked out from them is old
 
     def update_policies(self, policies: Mapping[str, Policy]) -> None:
         """New policies (on reload) apply from the next sample; history is kept."""
         self._rules = _rules(policies)
+        self.rules_version += 1
+
+    def due(self, paths: Iterable[str]) -> tuple[float, float]:
+        """For paths whose values stay what they last were: (the earliest frame time at which
+        `select` would publish one of them, the newest time one was published). -inf when a
+        path has no rule or nothing published yet (every sample is looked at)."""
+        due = _FOREVER
+        newest = -_FOREVER
+        published = self._published
+        rules = self._rules
+        values = self.values
+        for path in paths:
+            last = published.get(path)
+            rule = rules.get(path)
+            if last is None or rule is None or path not in values:
+                return -_FOREVER, newest
+            min_s, max_s, deadband, on_change = rule
+            if on_change:
+                value, old = values[path], last[2]
+                new_type, old_type = value.__class__, old.__class__
+                if (new_type is float or new_type is int) and (
+                    old_type is float or old_type is int
+                ):
+                    publishes = (
+                        abs(value - old) > deadband  # type: ignore[operator]
+                        if deadband > 0
+                        else value != old
+                    )
+                else:
+                    publishes = changed(value, old, deadband)
+            else:
+                publishes = max_s == _FOREVER  # every value, limited by min_s
+            at = last[1] + (min_s if publishes or max_s < min_s else max_s)
+            if at < due:
+                due = at
+            if last[1] > newest:
+                newest = last[1]
+        return due, newest
 
     def offer(self, sample: Sample) -> bool:
         """Record `sample`; True when its path's policy says publish it."""
@@ -75,14 +118,14 @@ class Sampler:
         last one or unchanged, are a few comparisons on the path's rule tuple."""
         out: list[Sample] = []
         append = out.append
-        latest = self.latest
+        values = self.values
         published = self._published
         rules = self._rules
         offered = 0
         for sample in samples:
             offered += 1
             path, ts, value = sample
-            latest[path] = sample
+            values[path] = value
             last = published.get(path)
             if last is not None:
                 rule = rules.get(path)

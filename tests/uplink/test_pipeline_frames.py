@@ -95,7 +95,7 @@ def test_reads_of_many_frames_publish_what_frames_one_by_one_do(
     assert all(len(chunk) == 7 for chunk in many_records.samples[:-1])  # full batches
     assert many_taps == one_taps
     assert any(sample.path == TAPPED for sample in one_taps)
-    assert many.sampler.latest == one.sampler.latest
+    assert many.sampler.values == one.sampler.values
     for name in demo_vehicle.buses:
         assert many.decoders[name].stats == one.decoders[name].stats
     assert many.computer is not None and one.computer is not None

@@ -113,7 +113,7 @@ def test_paths_are_independent_and_latest_is_kept() -> None:
     assert sampler.offer(Sample("B", 0.5, 1))
     assert not sampler.offer(Sample("A", 1.0, 2))
     assert sampler.offer(Sample("B", 1.0, 2))
-    assert sampler.latest["A"] == Sample("A", 1.0, 2)  # last known, even when not published
+    assert sampler.values["A"] == 2  # last known, even when not published
     assert (sampler.offered, sampler.suppressed) == (4, 1)
 
 
@@ -185,5 +185,5 @@ def test_select_over_a_whole_read_decides_as_offer_does_sample_by_sample(
     later = [Sample(p, ts + 0.1, 1) for p in paths]  # the history carries over
     assert many.select(later) == [s for s in later if one.offer(s)]
     assert _reference(rules, samples + later) == Sampler(rules).select(samples + later)
-    assert many.latest == one.latest
+    assert many.values == one.values
     assert (many.offered, many.suppressed) == (one.offered, one.suppressed)

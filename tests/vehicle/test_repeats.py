@@ -1,0 +1,285 @@
+"""Frames that repeat the last one of their id are skipped on the live path, and signals whose
+bits did not move are left out of a frame's samples (agent.vehicle.repeats): what is
+published, counted and remembered is exactly what decoding every frame gives."""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import can
+from cantools.database.can import Message, Signal
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from agent import config
+from agent.sim.runner import record
+from agent.sim.scenario import load_scenario
+from agent.uplink.pipeline import Pipeline
+from agent.vehicle import dbc
+from agent.vehicle.compute import Computer
+from agent.vehicle.decode import build_decoders, signal_mask
+from agent.vehicle.model import Frame, RawFrame, Sample
+from agent.vehicle.signals import Policy, Sampler, policies_of
+
+ROOT = Path(__file__).resolve().parents[2]
+TAPPED = "Vehicle.Cabin.HVAC.AmbientAirTemperature"
+
+
+@given(
+    big=st.booleans(),
+    start=st.integers(0, 63),
+    length=st.integers(1, 32),
+    signed=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_signals_mask_is_the_bits_cantools_reads(
+    big: bool, start: int, length: int, signed: bool, seed: int
+) -> None:
+    """Flipping a bit under the mask changes the raw value cantools decodes; flipping any
+    other bit changes nothing."""
+    signal = Signal(
+        "S",
+        start,
+        length,
+        byte_order="big_endian" if big else "little_endian",
+        is_signed=signed,
+    )
+    try:
+        message = Message(0x10, "M", 8, [signal], strict=True)
+        message.decode(bytes(8), scaling=False)
+    except Exception:
+        assume(False)  # a layout that does not fit in 8 bytes
+    mask = signal_mask([signal])
+    assert bin(mask).count("1") == length
+    base = random.Random(seed).randbytes(8)
+    before = message.decode(base, scaling=False)["S"]
+    for bit in range(64):
+        flipped = (int.from_bytes(base, "little") ^ (1 << bit)).to_bytes(8, "little")
+        after = message.decode(flipped, scaling=False)["S"]
+        assert (after != before) == bool(mask >> bit & 1), bit
+
+
+@functools.cache
+def _world() -> tuple[dbc.Vehicle, list[tuple[str, int]], dict[tuple[str, int], list[bytes]]]:
+    """The reference car, and for each of its frame ids a few payloads it really sends."""
+    vehicle = dbc.load_vehicle(config.load(ROOT / "config" / "demo.yaml"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "drive.log"
+        record(vehicle, load_scenario("driving"), log, duration_s=30, start_ts=1.7e9)
+        by_channel = {b.settings.channel: name for name, b in vehicle.buses.items()}
+        pool: dict[tuple[str, int], list[bytes]] = {}
+        for msg in can.LogReader(str(log)):
+            key = msg.arbitration_id | (0x8000_0000 if msg.is_extended_id else 0)
+            seen = pool.setdefault((by_channel[str(msg.channel)], key), [])
+            if bytes(msg.data) not in seen and len(seen) < 3:
+                seen.append(bytes(msg.data))
+    return vehicle, sorted(pool), pool
+
+
+class Records:
+    """An outbox that keeps each path's published (ts, value) in order."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, list[tuple[float, Any]]] = {}
+
+    def append(self, kind: str, topic: str, payload: Any, **extra: Any) -> None:
+        for sample in json.loads(payload(1))["samples"]:
+            self.by_path.setdefault(sample["path"], []).append((sample["ts"], sample["value"]))
+
+
+def _pipeline(vehicle: dbc.Vehicle, records: Records, taps: list[Sample] | None) -> Pipeline:
+    settings_ = vehicle.loaded.settings
+    built = Pipeline(
+        vehicle_id="V",
+        decoders=build_decoders(vehicle),
+        sampler=Sampler(policies_of(settings_.signals)),
+        outbox=records,  # type: ignore[arg-type]
+        settings=settings_.telemetry.model_copy(update={"batch_max_samples": 5}),
+        computer=Computer(settings_.signals, vehicle.types),
+    )
+    if taps is not None:
+        built.set_taps({TAPPED}, taps)
+    return built
+
+
+STEPS = (0.0, 0.01, 0.01, 0.01, 0.02, 0.3, 0.6, 1.0, 61.0, 301.0, -2.0)
+
+
+@given(
+    timeline=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # which of this run's frame ids
+            st.integers(0, 2),  # which of its payloads
+            st.integers(-1000, 511),  # a bit to flip (negative: none)
+            st.sampled_from(STEPS),  # time since the frame before
+            st.integers(0, 60),  # 0: reload the policies here
+        ),
+        min_size=1,
+        max_size=400,
+    ),
+    read_size=st.integers(1, 40),
+    ids=st.lists(st.integers(0, 99), min_size=1, max_size=3),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_skipping_repeats_publishes_what_decoding_every_frame_does(
+    timeline: list[tuple[int, int, int, float, int]], read_size: int, ids: list[int]
+) -> None:
+    vehicle, all_keys, pool = _world()
+    keys = [all_keys[i % len(all_keys)] for i in ids]  # a few ids a run: more repeats
+    frames: list[tuple[str, RawFrame]] = []
+    reloads: set[int] = set()
+    ts = 1.7e9
+    for index, (which, payload, flip, step, reload) in enumerate(timeline):
+        bus, key = keys[which % len(keys)]
+        payloads = pool[(bus, key)]
+        data = payloads[payload % len(payloads)]
+        if 0 <= flip < 8 * len(data):  # a value out of range, a sentinel, a new number
+            data = (int.from_bytes(data, "little") ^ (1 << flip)).to_bytes(len(data), "little")
+        ts += step
+        frames.append((bus, (key, data, ts)))
+        if reload == 0:
+            reloads.add(index)
+    tightened = {
+        path: Policy(on_change=policy.on_change, deadband=policy.deadband, max_interval_s=0.5)
+        for path, policy in policies_of(vehicle.loaded.settings.signals).items()
+    }
+
+    one_records, one_taps = Records(), []
+    one = _pipeline(vehicle, one_records, one_taps)
+    per_frame = {name: one.receiver_for(name) for name in vehicle.buses}
+    many_records, many_taps = Records(), []
+    many = _pipeline(vehicle, many_records, many_taps)
+    per_read = {name: many.frames_receiver_for(name) for name in vehicle.buses}
+    pending: dict[str, list[RawFrame]] = {name: [] for name in vehicle.buses}
+
+    def read_all() -> None:
+        for name, waiting in pending.items():
+            if waiting:
+                per_read[name](waiting)
+                pending[name] = []
+
+    for index, (bus, (key, data, stamp)) in enumerate(frames):
+        extended = bool(key & 0x8000_0000)
+        per_frame[bus](Frame(key & 0x1FFF_FFFF, data, stamp, is_extended_id=extended))
+        pending[bus].append((key, data, stamp))
+        if len(pending[bus]) >= read_size:
+            read_all()
+        if index in reloads:  # a SIGHUP between two reads
+            read_all()
+            rules = tightened if len(reloads & set(range(index + 1))) % 2 else None
+            for built in (one, many):
+                built.sampler.update_policies(rules or policies_of(vehicle.loaded.settings.signals))
+    read_all()
+    one.flush()
+    many.flush()
+
+    assert many_records.by_path == one_records.by_path
+    assert many.sampler.values == one.sampler.values
+    assert many_taps == one_taps
+    for name in vehicle.buses:
+        assert many.decoders[name].stats == one.decoders[name].stats
+    assert many.computer is not None and one.computer is not None
+    assert many.computer.stats == one.computer.stats
+
+
+def test_most_frames_of_a_drive_are_skipped_or_cut_short() -> None:
+    """On the reference car's drive, what the skip is for: over half the frames are
+    repeats, and the published telemetry is the same as without it (the property above)."""
+    vehicle, _, _ = _world()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "drive.log"
+        record(vehicle, load_scenario("driving"), log, duration_s=60, start_ts=1.7e9)
+        by_channel = {b.settings.channel: name for name, b in vehicle.buses.items()}
+        messages = [(by_channel[str(m.channel)], m) for m in can.LogReader(str(log))]
+    built = _pipeline(vehicle, Records(), None)
+    per_read = {name: built.frames_receiver_for(name) for name in vehicle.buses}
+    for bus, msg in messages:
+        key = msg.arbitration_id | (0x8000_0000 if msg.is_extended_id else 0)
+        per_read[bus]([(key, bytes(msg.data), msg.timestamp)])
+    decoded = sum(d.stats.decoded for d in built.decoders.values())
+    assert decoded == len(messages)
+    assert built.stats.frames_repeated > len(messages) / 2
+    # A campaign reading a path of the climate frame: that frame is decoded every time.
+    tapped: list[Sample] = []
+    built = _pipeline(vehicle, Records(), tapped)
+    per_read = {name: built.frames_receiver_for(name) for name in vehicle.buses}
+    for bus, msg in messages:
+        key = msg.arbitration_id | (0x8000_0000 if msg.is_extended_id else 0)
+        per_read[bus]([(key, bytes(msg.data), msg.timestamp)])
+    climate = sum(1 for _, msg in messages if msg.arbitration_id == 0x280)
+    assert len([s for s in tapped if s.path == TAPPED]) == climate
+
+
+def _both_ways(frames: list[RawFrame], read_size: int = 1) -> tuple[Pipeline, Records, Records]:
+    """The powertrain frames through the per-frame way and the live way; (live pipeline,
+    published by the per-frame way, published by the live way)."""
+    vehicle, _, _ = _world()
+    one_records, many_records = Records(), Records()
+    one, many = _pipeline(vehicle, one_records, None), _pipeline(vehicle, many_records, None)
+    per_frame, per_read = one.receiver_for("powertrain"), many.frames_receiver_for("powertrain")
+    for key, data, ts in frames:
+        per_frame(Frame(key, data, ts))
+    for start in range(0, len(frames), read_size):
+        per_read(frames[start : start + read_size])
+    one.flush()
+    many.flush()
+    return many, one_records, many_records
+
+
+def _bms(soc: float, counter: int = 0) -> bytes:
+    vehicle, _, _ = _world()
+    message = vehicle.buses["powertrain"].by_name["BMS_Status"]
+    values = {
+        "BMS_SOC": soc,
+        "BMS_SOH": 97.0,
+        "BMS_PackVoltage": 400.0,
+        "BMS_PackCurrent": -20.0,
+        "BMS_PackTempAvg": 25.0,
+        "BMS_StatusCounter": counter,
+    }
+    return bytes(message.encode(values))
+
+
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"  # deadband 0.5, 1 s, 60 s
+
+
+def test_a_change_held_back_by_min_interval_goes_out_while_the_frame_repeats() -> None:
+    """The state of charge moves by 1 % 0.1 s after it was published; `min_interval_ms:
+    1000` holds it back, and the frames after it all repeat (only the rolling counter,
+    which is not mapped, moves): it is published with the first frame at 1 s."""
+    t0 = 1.7e9
+    frames = [(0x100, _bms(80.0), t0)]
+    frames += [(0x100, _bms(81.0, i % 16), t0 + 0.1 * i) for i in range(1, 30)]
+    for read_size in (1, 7, 30):
+        live, one, many = _both_ways(frames, read_size)
+        assert many.by_path == one.by_path
+        assert many.by_path[SOC] == [(t0, 80.0), (t0 + 0.1 * 10, 81.0)]
+        assert live.stats.frames_repeated >= 18  # all but the first, the change, the publish
+
+
+def test_a_heartbeat_goes_out_while_the_frame_repeats() -> None:
+    t0 = 1.7e9
+    frames = [(0x100, _bms(80.0, i % 16), t0 + 0.5 * i) for i in range(260)]
+    live, one, many = _both_ways(frames, 13)
+    assert many.by_path == one.by_path
+    assert [ts - t0 for ts, _ in many.by_path[SOC]] == [0.0, 60.0, 120.0]
+    assert live.stats.frames_repeated >= 250
+
+
+def test_time_running_backwards_is_judged_in_full() -> None:
+    """A clock reset: the repeated frame's interval counts as elapsed, as without the skip."""
+    t0 = 1.7e9
+    frames = [(0x100, _bms(80.0), t0 + 0.1 * i) for i in range(5)]
+    frames += [(0x100, _bms(80.0), t0 - 100.0 + 0.1 * i) for i in range(5)]
+    _, one, many = _both_ways(frames, 3)
+    assert many.by_path == one.by_path
+    assert (t0 - 100.0, 80.0) in many.by_path[SOC]
