@@ -65,6 +65,9 @@ class Expression:
     tree: Node
     paths: frozenset[str]
     params: frozenset[str]
+    # An arithmetic tree as nested closures (`compute:` values are worked out on the live
+    # path, for every change of an input): the same results as walking the tree.
+    arithmetic: Callable[[Mapping[str, Any]], Any] | None = None
 
     def evaluate(self, values: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
         """True only when it definitely holds; unknown signals make it not hold."""
@@ -73,7 +76,10 @@ class Expression:
     def number(self, values: Mapping[str, Any]) -> float | int | None:
         """The arithmetic value, or None when an input is unknown, not a number, or the
         result is not a finite number (a division by zero)."""
-        result = _value(self.tree, values, {})
+        if self.arithmetic is not None:
+            result = self.arithmetic(values)
+        else:
+            result = _value(self.tree, values, {})
         if not _numeric(result) or not math.isfinite(result):
             return None
         return result  # type: ignore[no-any-return]
@@ -114,7 +120,57 @@ def parse_arithmetic(text: str) -> Expression:
         raise ExprError("a computed value takes no $parameters")
     if not paths:
         raise ExprError("a computed value reads at least one signal path")
-    return Expression(text, tree, frozenset(paths), frozenset(params))
+    return Expression(text, tree, frozenset(paths), frozenset(params), _closure(tree))
+
+
+def _closure(node: Node) -> Callable[[Mapping[str, Any]], Any]:
+    """`_value` of an arithmetic tree, as closures: the node kinds are looked at once here,
+    not at every evaluation. Unknown inputs, non-numbers and a division by zero give
+    _UNKNOWN, as in `_arith`."""
+    kind = node[0]
+    if kind == "const":
+        constant = node[1] if _numeric(node[1]) else _UNKNOWN  # 'text' or true: no number
+        return lambda values: constant
+    if kind == "path":
+        path = node[1]
+
+        def read(values: Mapping[str, Any]) -> Any:
+            value = values.get(path)
+            kind = value.__class__
+            return value if kind is float or kind is int else _UNKNOWN
+
+        return read
+    if kind not in ("arith", "call"):  # a condition in parentheses: a truth value, no number
+        return lambda values: _UNKNOWN
+    operands = [_closure(arg) for arg in node[2:]]
+    function = _FUNCTIONS[node[1]] if kind == "call" else _ARITH[node[1]]
+    if kind == "call" or len(operands) != 2:
+
+        def call(values: Mapping[str, Any]) -> Any:
+            args = [operand(values) for operand in operands]
+            if any(arg is _UNKNOWN for arg in args):
+                return _UNKNOWN
+            try:
+                return function(*args)
+            except ZeroDivisionError:
+                return _UNKNOWN
+
+        return call
+    left, right = operands
+
+    def binary(values: Mapping[str, Any]) -> Any:
+        a = left(values)
+        if a is _UNKNOWN:
+            return _UNKNOWN
+        b = right(values)
+        if b is _UNKNOWN:
+            return _UNKNOWN
+        try:
+            return function(a, b)
+        except ZeroDivisionError:
+            return _UNKNOWN
+
+    return binary
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:
@@ -211,6 +267,8 @@ class _Parser:
             raise ExprError(f"missing ')' after the arguments of {name}")
         if name == "abs" and len(args) != 1:
             raise ExprError("abs takes one argument")
+        if name != "abs" and len(args) < 2:  # Python's min(5) would fail at every evaluation
+            raise ExprError(f"{name} takes two or more arguments")
         return ("call", name, *args)
 
     def operand(self) -> Node:

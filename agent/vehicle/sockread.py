@@ -131,9 +131,9 @@ class FrameReader:
         if self.method == "recvmsg":
             return self._read_recvmsg(limit)
         out: list[RawFrame] = []
-        append = out.append
-        msgs = self._msgs
-        address = ctypes.addressof(msgs)
+        address = ctypes.addressof(self._msgs)
+        fd_length = self._fd_length
+        stamped = _SCM_TIMESTAMPNS
         pristine = self._pristine
         view = self._view
         unpack = _SLOT_STRUCT.iter_unpack
@@ -150,31 +150,33 @@ class FrameReader:
                     return out
                 raise OSError(code, os.strerror(code))
             raw = view[: got * _SLOT].tobytes()
-            now = 0.0
-            offset = 8
-            # The first cmsg of a slot is the timestamp: SO_TIMESTAMPNS is on for this socket,
-            # and the kernel puts it before the drop counter.
-            for index, (can_id, length, _clen, _level, kind, sec, nsec) in enumerate(unpack(raw)):
-                if length > 8:  # CAN FD, or a malformed classic frame: python-can's cut
-                    length = min(PAYLOAD_LENGTH[min(length, 64)], msgs[index].msg_len - 8)
-                if kind == _SCM_TIMESTAMPNS:
-                    stamp = sec + nsec * 1e-9
-                else:  # no timestamp came with it (never seen on Linux): the time of reading
-                    stamp = now = now or time.time()
-                append(
-                    (
-                        can_id if can_id & eff else can_id & sff,
-                        raw[offset : offset + length],
-                        stamp,
-                    )
+            # One comprehension over the slots: per frame a key, the data bytes and the
+            # kernel's time. The first cmsg of a slot is the timestamp (SO_TIMESTAMPNS is on
+            # for this socket, and the kernel puts it before the drop counter); a frame
+            # without one (never seen on Linux) gets the time of reading. A length above 8
+            # is CAN FD, or a malformed classic frame: cut as python-can does.
+            out += [
+                (
+                    can_id if can_id & eff else can_id & sff,
+                    raw[offset : offset + (length if length <= 8 else fd_length(length, offset))],
+                    sec + nsec * 1e-9 if kind == stamped else time.time(),
                 )
-                offset += _SLOT
+                for offset, (can_id, length, _clen, _level, kind, sec, nsec) in zip(
+                    range(8, got * _SLOT, _SLOT), unpack(raw), strict=True
+                )
+            ]
             self._note_drops(got - 1)
             if got < want:
                 self.drained = True
                 return out
         self.drained = False
         return out
+
+    def _fd_length(self, length: int, offset: int) -> int:
+        """The data length of the frame whose data starts at `offset` in the slots, when its
+        `len` is above 8: rounded up to a CAN FD length, at most what the datagram held."""
+        received: int = self._msgs[offset // _SLOT].msg_len - 8
+        return min(PAYLOAD_LENGTH[min(length, 64)], received)
 
     def _note_drops(self, index: int) -> None:
         controllen = self._msgs[index].msg_hdr.msg_controllen

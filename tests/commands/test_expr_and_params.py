@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from agent.commands.definitions import BadParams, _check_value
 from agent.config import ParamSpec
-from agent.expr import ExprError, parse
+from agent.expr import ExprError, Expression, parse, parse_arithmetic
 
 V = {
     "Vehicle.Speed": 0.0,
@@ -106,3 +109,47 @@ def test_parameter_values(spec: ParamSpec, value: object, ok: object) -> None:
     else:
         result = _check_value("p", spec, value)
         assert result == ok and type(result) is type(ok)
+
+
+_PATHS = ("Vehicle.A", "Vehicle.B", "Vehicle.C")
+_LEAVES = st.sampled_from([*_PATHS, "0", "2", "0.5", "1e3", "'x'", "true"])
+
+
+def _arithmetic_text(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(children, st.sampled_from("+-*/"), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        children.map(lambda c: f"-{c}"),
+        st.tuples(
+            st.sampled_from(["abs", "min", "max"]), st.lists(children, min_size=1, max_size=3)
+        ).map(lambda t: f"{t[0]}({', '.join(t[1]) if t[0] != 'abs' else t[1][0]})"),
+        st.tuples(children, children).map(lambda t: f"({t[0]} > {t[1]})"),
+    )
+
+
+@given(
+    text=st.recursive(_LEAVES, _arithmetic_text, max_leaves=8),
+    values=st.dictionaries(
+        st.sampled_from(_PATHS),
+        st.one_of(st.integers(-5, 5), st.floats(-10, 10), st.booleans(), st.just("ON"), st.none()),
+    ),
+)
+@settings(max_examples=500, deadline=None)
+def test_a_computed_value_is_the_same_compiled_or_walked(text: str, values: dict[str, Any]) -> None:
+    """`compute:` expressions run as closures on the live path; the tree walk is the reference."""
+    try:
+        expression = parse_arithmetic(text)
+    except ExprError:
+        assume(False)  # no signal path in it, say
+    walked = Expression(expression.text, expression.tree, expression.paths, expression.params)
+    assert expression.arithmetic is not None and walked.arithmetic is None
+    compiled, reference = expression.number(values), walked.number(values)
+    assert compiled == reference and type(compiled) is type(reference), text
+
+
+@pytest.mark.parametrize("text", ["min(Vehicle.A)", "max(Vehicle.A)", "abs(Vehicle.A, 1)"])
+def test_a_function_with_the_wrong_number_of_arguments_is_refused_at_load(text: str) -> None:
+    """min(x) would raise at every evaluation on the live path: refused when the config loads."""
+    with pytest.raises(ExprError, match="argument"):
+        parse_arithmetic(text)
