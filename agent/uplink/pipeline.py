@@ -193,8 +193,8 @@ class Pipeline:
                 decode_stats.samples += skipped_samples  # as if given again
             if samples:
                 batch.extend(select(samples))
-                if len(batch) >= limit:
-                    self.flush(whole_only=True)
+            if len(batch) >= limit:  # samples may have gone in mid-read, too
+                self.flush(whole_only=True)
             if touched:
                 repeats.renew(touched)
 
