@@ -127,7 +127,6 @@ class Pipeline:
         decoder = self.decoders[bus]
         decode = decoder.decode_raw
         decode_changed = decoder.decode_changed
-        decode_stats = decoder.stats
         sampler = self.sampler
         select = sampler.select
         batch = self._batch
@@ -189,8 +188,8 @@ class Pipeline:
                         self._tap_computed_of(samples, decoded)
             if skipped:
                 stats.frames_repeated += skipped
-                decode_stats.decoded += skipped
-                decode_stats.samples += skipped_samples  # as if given again
+                decoder.stats.decoded += skipped
+                decoder.stats.samples += skipped_samples  # as if given again
             if samples:
                 batch.extend(select(samples))
             if len(batch) >= limit:  # samples may have gone in mid-read, too

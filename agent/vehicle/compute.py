@@ -104,5 +104,6 @@ class Computer:
             self.stats.out_of_range += 1
             return None
         self.stats.computed += 1
-        ts = max(self._times[p] for p in computed.expression.paths)
+        times = self._times
+        ts = max([times[p] for p in computed.expression.paths])
         return Sample(computed.path, ts, result)

@@ -152,6 +152,9 @@ class Sampler:
                                     else value == old
                                 ):
                                     continue
+                            elif new_type is old_type:  # booleans, strings
+                                if value == old:
+                                    continue
                             elif not changed(value, old, deadband):
                                 continue
             published[path] = sample

@@ -94,24 +94,31 @@ async def test_frames_flow_on_a_timer_and_an_idle_socket_waits_for_readiness(
         SETTINGS,
         never,
         on_frames=lambda frames: batches.append(len(frames)),
-        read_interval_s=0.05,
+        read_interval_s=0.5,  # long against a loaded machine's lateness
     )
+
+    async def until(condition: Any) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not within 5 s")
+
     async with receiver:
         await asyncio.sleep(0.02)
         assert receiver._armed  # nothing yet: waiting for the socket
         feeder.send(frame(0))
-        await asyncio.sleep(0.01)
-        assert batches == [1] and not receiver._armed  # frames flow: read on the timer
+        await until(lambda: batches == [1])
+        assert not receiver._armed  # frames flow: read on the timer
         for i in range(5):
             feeder.send(frame(i))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         assert batches == [1]  # not woken per frame: they wait for the timer ...
-        await asyncio.sleep(0.06)
+        await until(lambda: len(batches) > 1)
         assert batches == [1, 5]  # ... which reads them together
-        await asyncio.sleep(0.1)
-        assert receiver._armed  # a timer read found nothing: readiness again
+        await until(lambda: receiver._armed)  # a timer read found nothing: readiness again
         feeder.send(frame(9))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(batches) > 2)
         assert batches == [1, 5, 1]
     assert not receiver._armed and receiver._timer is None  # stopped clean
 
