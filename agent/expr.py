@@ -80,7 +80,10 @@ class Expression:
             result = self.arithmetic(values)
         else:
             result = _value(self.tree, values, {})
-        if not _numeric(result) or not math.isfinite(result):
+        try:
+            if not _numeric(result) or not math.isfinite(result):
+                return None
+        except OverflowError:  # an integer too large for a float: no number to publish
             return None
         return result  # type: ignore[no-any-return]
 
@@ -152,7 +155,7 @@ def _closure(node: Node) -> Callable[[Mapping[str, Any]], Any]:
                 return _UNKNOWN
             try:
                 return function(*args)
-            except ZeroDivisionError:
+            except ArithmeticError:  # a division by zero, a number too large
                 return _UNKNOWN
 
         return call
@@ -167,7 +170,7 @@ def _closure(node: Node) -> Callable[[Mapping[str, Any]], Any]:
             return _UNKNOWN
         try:
             return function(a, b)
-        except ZeroDivisionError:
+        except ArithmeticError:  # a division by zero, a number too large
             return _UNKNOWN
 
     return binary
@@ -378,7 +381,7 @@ def _arith(node: Node, values: Mapping[str, Any], params: Mapping[str, Any]) -> 
         if node[0] == "call":
             return _FUNCTIONS[node[1]](*args)
         return _ARITH[node[1]](*args)
-    except ZeroDivisionError:
+    except ArithmeticError:  # a division by zero, a number too large
         return _UNKNOWN
 
 

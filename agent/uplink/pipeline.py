@@ -141,6 +141,11 @@ class Pipeline:
         repeat_of = repeats.by_key.get
         from_bytes = int.from_bytes
         never = -math.inf
+        # A computed value is stamped with the newest frame time of its inputs: a frame that
+        # is skipped, or a signal left out because it did not move, still renews the time of
+        # the inputs it carries, as decoding it would have.
+        input_masks = decoder.input_masks(computer.inputs) if computer is not None else {}
+        seen_at = computer.seen_at if computer is not None else None
 
         def on_frames(frames: list[RawFrame]) -> None:
             if not self._accepting:
@@ -170,6 +175,11 @@ class Pipeline:
                             touched.clear()
                         if repeat.floor <= ts < repeat.due:
                             changed = bits ^ repeat.bits  # only the signals that moved
+                            inputs = input_masks.get(key)
+                            if inputs is not None and seen_at is not None:
+                                for path, mask in inputs:
+                                    if not changed & mask:
+                                        seen_at[path] = ts
                             if not changed:
                                 skipped += 1
                                 skipped_samples += repeat.count

@@ -78,6 +78,7 @@ class ReceiverStats:
     outages: int = 0
     down_s: float = 0.0  # from a failure to the first frame received again (ended outages)
     rx_overflows: int = 0  # frames the kernel dropped, the socket's queue full (SO_RXQ_OVFL)
+    handler_errors: int = 0  # frames whose handling raised (a bug): logged, reading goes on
 
 
 def kernel_filters(frame_keys: frozenset[int]) -> list[dict[str, Any]]:
@@ -154,6 +155,7 @@ class CanReceiver:
         self._reopened_logged = False
         self._failed_log = Repeating(log, "can_bus_failed", clear_event="can_bus_receiving")
         self._reopen_log = Repeating(log, "can_bus_reopen_failed", level="warning")
+        self._handler_log = Repeating(log, "can_frames_handler_failed")
         self.stats = ReceiverStats()
 
     def down_s(self) -> float:
@@ -279,7 +281,14 @@ class CanReceiver:
         if frames:
             self._arrived(len(frames))
             assert self._on_frames is not None
-            self._on_frames(frames)
+            try:
+                self._on_frames(frames)
+            except Exception as exc:  # a bug behind us: the bus must not stop being read
+                self.stats.handler_errors += len(frames)
+                self._handler_log.failed(bus=self.name, error=repr(exc), exc_info=True)
+            else:
+                if self._handler_log.active:
+                    self._handler_log.cleared(bus=self.name)
         if self._reader is not reader:  # stopped or failed meanwhile
             return
         if not frames:

@@ -48,7 +48,9 @@ class Computer:
             for path in computed.expression.paths:
                 self._by_input.setdefault(path, []).append(computed)
         self._values: dict[str, Value] = {}
-        self._times: dict[str, float] = {}
+        # Each input's newest frame time, seen or not changed (the live path renews it for
+        # frames it skips as repeats: agent.vehicle.repeats).
+        self.seen_at: dict[str, float] = {}
         self.stats = ComputeStats()
 
     def __bool__(self) -> bool:
@@ -74,7 +76,7 @@ class Computer:
             if users is None:
                 continue
             old = self._values.get(sample.path)
-            self._times[sample.path] = sample.ts
+            self.seen_at[sample.path] = sample.ts
             if old is not None and old == sample.value and type(old) is type(sample.value):
                 continue
             self._values[sample.path] = sample.value
@@ -104,6 +106,6 @@ class Computer:
             self.stats.out_of_range += 1
             return None
         self.stats.computed += 1
-        times = self._times
+        times = self.seen_at
         ts = max([times[p] for p in computed.expression.paths])
         return Sample(computed.path, ts, result)

@@ -279,7 +279,9 @@ def _build_plan(
     plan = _Plan(message.name, length, big, little, _outputs(base, types), selector, branches)
     plan.mask = signal_mask(base_signals)
     plan.entries = len(_paths_of(plan))
-    if branches is None:
+    # `strict: false` loads a signal that runs past its message's length as written; bitstruct
+    # then refuses such frames and counts them as failed, which the generated code would not.
+    if branches is None and not plan.mask >> (8 * length):
         plan.fast = generate(plan.outs, {s.name: s for s in base_signals}, length, _Drop)
     return plan
 
@@ -348,6 +350,23 @@ class Decoder:
         """The frame keys whose frames can carry one of `paths`."""
         wanted = set(paths)
         return frozenset(key for key, plan in self._plans.items() if wanted & _paths_of(plan))
+
+    def input_masks(self, paths: Iterable[str]) -> dict[int, tuple[tuple[str, int], ...]]:
+        """Per frame key, (path, signal bits) of each of `paths` its plan gives (multiplexed
+        plans are never skipped, so their branches do not count)."""
+        wanted = set(paths)
+        out = {}
+        for key, plan in self._plans.items():
+            outs = plan.outs
+            found = tuple(
+                (entry[1], entry[0])
+                for group in (outs.ints, outs.exact, outs.tables, outs.general)
+                for entry in group
+                if entry[1] in wanted
+            )
+            if found:
+                out[key] = found
+        return out
 
     def repeat_masks(self) -> dict[int, tuple[int, int, tuple[str, ...]]]:
         """For each frame key whose frames can be skipped when they repeat (agent.vehicle.

@@ -8,12 +8,14 @@ mask of the bits its decode plan reads, with the last frame of its id that was d
 skips it when the bits are equal and its time is before the earliest moment a policy would
 publish one of its paths (Sampler.due). Every other frame is decoded as before; the skip is
 then off for that id until the read's samples have been through the policies and the moment
-is worked out again (`renew`). Skipped frames are counted as decoded, their samples as offered
-and suppressed, so the counters read as if each frame had gone the whole way.
+is worked out again (`renew`). Skipped frames count as decoded and their samples in the
+decoder's `samples`, so the decode counters read as if each frame had gone the whole way; the
+sampler's own `offered` and `suppressed` count what it was shown.
 
-What a skip is allowed to leave out, and why that is safe:
+What a skip leaves out, and why that is safe:
 - the sampler's latest value of each path: unchanged, the bits are the same;
-- the computer's input times: a computed value is made only when an input changes;
+- the computer: its values are unchanged; the times of its inputs, which stamp a computed
+  value, are renewed by the pipeline for the inputs the frame carries;
 - a campaign's tap: tapped plans are never skipped (Decoder.repeat_masks leaves them out).
 
 A plan that dropped a value (a sentinel, out of range) is not skipped until it decodes a

@@ -13,6 +13,7 @@ converters, the same counters (tests/vehicle/test_unpackers.py holds the two to 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,9 @@ from cantools.database.can import Signal
 from cantools.database.utils import start_bit
 
 from agent.vehicle.model import Sample
+
+# Every number written into the code goes through this: an int, or an error at start.
+_int = operator.index
 
 # (bits, ts, out, changed, stats) -> values dropped. `bits`: the frame's bytes as a
 # little-endian integer, masked to the mapped signals; `changed`: the bits whose signals
@@ -38,17 +42,17 @@ def generate(
     body: list[str] = []
     big = any(s.byte_order == "big_endian" for s in signals.values())
     if big:  # a Motorola signal runs contiguously in the bytes read as one big-endian number
-        body.append(f"    big = int.from_bytes(bits.to_bytes({length}, 'little'), 'big')")
+        body.append(f"    big = int.from_bytes(bits.to_bytes({_int(length)}, 'little'), 'big')")
     index = 0
 
     def raw_of(name: str) -> list[str]:
         signal = signals[name]
-        width = (1 << signal.length) - 1
+        width = (1 << _int(signal.length)) - 1
         if signal.byte_order == "big_endian":
-            shift = 8 * length - start_bit(signal) - signal.length
+            shift = 8 * _int(length) - _int(start_bit(signal)) - signal.length
             lines = [f"        raw = (big >> {shift}) & {width}"]
         else:
-            lines = [f"        raw = (bits >> {signal.start}) & {width}"]
+            lines = [f"        raw = (bits >> {_int(signal.start)}) & {width}"]
         if signal.is_signed:
             lines.append(f"        if raw > {width >> 1}: raw -= {width + 1}")
         return lines
@@ -76,25 +80,25 @@ def generate(
 
     for mask, path, name, scale, offset, low, high in outs.ints:
         names[f"P{index}"] = path
-        body += [f"    if changed & {mask}:", *raw_of(name)]
-        body.append(f"        value = raw * {scale} + {offset}")
+        body += [f"    if changed & {_int(mask)}:", *raw_of(name)]
+        body.append(f"        value = raw * {_int(scale)} + {_int(offset)}")
         body += in_range(low, high, index)
         index += 1
     for mask, path, name, num, off, den, low, high in outs.exact:
         names[f"P{index}"] = path
-        body += [f"    if changed & {mask}:", *raw_of(name)]
-        body.append(f"        value = (raw * {num} + {off}) / {den}")
+        body += [f"    if changed & {_int(mask)}:", *raw_of(name)]
+        body.append(f"        value = (raw * {_int(num)} + {_int(off)}) / {_int(den)}")
         body += in_range(low, high, index)
         index += 1
     for mask, path, name, table, missing in outs.tables:
         names[f"P{index}"], names[f"T{index}"], names[f"M{index}"] = path, table, missing
-        body += [f"    if changed & {mask}:", *raw_of(name)]
+        body += [f"    if changed & {_int(mask)}:", *raw_of(name)]
         body.append(f"        result = T{index}.get(raw, M{index})")
         body += drop_or_append(index)
         index += 1
     for mask, path, name, convert in outs.general:
         names[f"P{index}"], names[f"C{index}"] = path, convert
-        body += [f"    if changed & {mask}:", *raw_of(name)]
+        body += [f"    if changed & {_int(mask)}:", *raw_of(name)]
         body.append(f"        result = C{index}(raw)")
         body += drop_or_append(index)
         index += 1

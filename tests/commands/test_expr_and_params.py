@@ -112,7 +112,7 @@ def test_parameter_values(spec: ParamSpec, value: object, ok: object) -> None:
 
 
 _PATHS = ("Vehicle.A", "Vehicle.B", "Vehicle.C")
-_LEAVES = st.sampled_from([*_PATHS, "0", "2", "0.5", "1e3", "'x'", "true"])
+_LEAVES = st.sampled_from([*_PATHS, "0", "2", "0.5", "1e3", "1e200", "'x'", "true"])
 
 
 def _arithmetic_text(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -153,3 +153,13 @@ def test_a_function_with_the_wrong_number_of_arguments_is_refused_at_load(text: 
     """min(x) would raise at every evaluation on the live path: refused when the config loads."""
     with pytest.raises(ExprError, match="argument"):
         parse_arithmetic(text)
+
+
+def test_a_number_too_large_for_a_float_is_no_value() -> None:
+    """`1e200` is read as an integer; squared and times an integer input it cannot become a
+    float: no value, as for a division by zero, rather than an exception on the live path."""
+    expression = parse_arithmetic("Vehicle.A * 1e200 * 1e200")
+    walked = Expression(expression.text, expression.tree, expression.paths, expression.params)
+    assert expression.number({"Vehicle.A": 3}) is None
+    assert walked.number({"Vehicle.A": 3}) is None
+    assert expression.number({"Vehicle.A": 3.0}) is None  # inf as a float: not finite

@@ -145,3 +145,35 @@ async def test_kernel_drops_are_logged_when_they_start_and_when_they_stop(
     assert lines[0]["log_level"] == "warning"
     assert (lines[0]["bus"], lines[0]["dropped"], lines[0]["rx_overflows"]) == ("pt", 40, 40)
     assert lines[1]["rx_overflows"] == 90 and lines[1]["failures"] == 2
+
+
+async def test_a_handler_that_raises_does_not_stop_the_bus_being_read(
+    feeder: socket.socket,
+) -> None:
+    """A bug behind the receiver (the pipeline raising) is logged once and counted; the next
+    frames are read and handed over as before, and recovery is logged. It raises in turns of
+    the timer (frames flowing), where nothing else would read the socket again."""
+    handed: list[int] = []
+
+    def on_frames(frames: list[RawFrame]) -> None:
+        handed.append(len(frames))
+        if 2 <= len(handed) <= 3:
+            assert not receiver._armed  # a turn of the timer
+            raise ValueError("a bug")
+
+    # Each frame is sent as soon as the one before was handed over: the timer, 0.2 s long,
+    # is what reads it.
+    receiver = CanReceiver(SETTINGS, never, on_frames=on_frames, read_interval_s=0.2)
+    with capture_logs() as logs:
+        async with receiver:
+            for i in range(5):
+                feeder.send(frame(i))
+                for _ in range(100):
+                    if len(handed) > i:
+                        break
+                    await asyncio.sleep(0.01)
+    assert len(handed) == 5
+    assert receiver.stats.handler_errors == 2
+    events = [entry["event"] for entry in logs]
+    assert events.count("can_frames_handler_failed") == 1
+    assert events.count("can_frames_handler_failed_cleared") == 1

@@ -109,7 +109,7 @@ def _pipeline(vehicle: dbc.Vehicle, records: Records, taps: list[Sample] | None)
     return built
 
 
-STEPS = (0.0, 0.01, 0.01, 0.01, 0.02, 0.3, 0.6, 1.0, 61.0, 301.0, -2.0)
+STEPS = (0.0, 0.01, 0.01, 0.01, 0.02, 0.3, 0.6, 1.0, 61.0, 301.0, -2.0, -0.05)
 
 
 @given(
@@ -160,15 +160,18 @@ def test_skipping_repeats_publishes_what_decoding_every_frame_does(
     pending: dict[str, list[RawFrame]] = {name: [] for name in vehicle.buses}
 
     def read_all() -> None:
+        # The reference sees the frames in the order the reads hand them over: each bus's
+        # socket is read in turn, so the buses' frames do not interleave as they were sent.
         for name, waiting in pending.items():
             if waiting:
+                for key, data, stamp in waiting:
+                    extended = bool(key & 0x8000_0000)
+                    per_frame[name](Frame(key & 0x1FFF_FFFF, data, stamp, is_extended_id=extended))
                 per_read[name](waiting)
                 pending[name] = []
                 assert len(many._batch) < 5  # whole batches went out, mid-read ones too
 
     for index, (bus, (key, data, stamp)) in enumerate(frames):
-        extended = bool(key & 0x8000_0000)
-        per_frame[bus](Frame(key & 0x1FFF_FFFF, data, stamp, is_extended_id=extended))
         pending[bus].append((key, data, stamp))
         if len(pending[bus]) >= read_size:
             read_all()
@@ -284,3 +287,101 @@ def test_time_running_backwards_is_judged_in_full() -> None:
     _, one, many = _both_ways(frames, 3)
     assert many.by_path == one.by_path
     assert (t0 - 100.0, 80.0) in many.by_path[SOC]
+
+
+POWER = "Vehicle.Powertrain.TractionBattery.CurrentPower"  # voltage * current
+
+
+def test_a_computed_value_keeps_the_time_of_its_newest_input_across_skipped_frames() -> None:
+    """The battery's power is stamped with the newest frame time of voltage and current.
+    A frame whose voltage did not move still renews the voltage's time, skipped or cut short,
+    as decoding it in full does; here the clock steps back at the end."""
+    vehicle, _, _ = _world()
+    message = vehicle.buses["powertrain"].by_name["BMS_Status"]
+
+    def bms(current: float) -> bytes:
+        values = {
+            "BMS_SOC": 80.0,
+            "BMS_SOH": 97.0,
+            "BMS_PackVoltage": 400.0,
+            "BMS_PackCurrent": current,
+            "BMS_PackTempAvg": 25.0,
+            "BMS_StatusCounter": 0,
+        }
+        return bytes(message.encode(values))
+
+    t0 = 1.7e9
+    reads = [
+        [(0x100, bms(-20.0), t0)],
+        [(0x100, bms(-20.5), t0 + 49), (0x100, bms(-21.0), t0 + 50)],
+        [(0x100, bms(-22.0), t0 + 20)],
+    ]
+    one_records, many_records = Records(), Records()
+    one, many = _pipeline(vehicle, one_records, None), _pipeline(vehicle, many_records, None)
+    per_frame, per_read = one.receiver_for("powertrain"), many.frames_receiver_for("powertrain")
+    for read in reads:
+        for key, data, ts in read:
+            per_frame(Frame(key, data, ts))
+        per_read(read)
+    one.flush()
+    many.flush()
+    assert many_records.by_path[POWER] == one_records.by_path[POWER]
+    assert many.computer is not None and one.computer is not None
+    assert many.computer.seen_at == one.computer.seen_at
+
+
+OUTSIDE_DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: X
+BO_ 256 A: 2 X
+ SG_ Spd : 8|16@1+ (0.01,0) [0|300] "km/h" X
+BO_ 257 B: 2 X
+ SG_ Volt : 15|16@0+ (0.1,0) [0|1000] "V" X
+"""
+
+
+def test_a_signal_running_past_its_message_is_counted_failed_as_without_the_skip(
+    tmp_path: Path,
+) -> None:
+    """`strict: false` loads a signal that runs past its 2-byte message as written: such
+    frames fail to decode and are counted `failed`, on the live path too (no generated
+    function for them), whatever the frame's length; nothing raises, nothing is published."""
+    (tmp_path / "outside.dbc").write_text(OUTSIDE_DBC)
+    (tmp_path / "outside.yaml").write_text(
+        "vehicle_id: OUT-1\n"
+        "can:\n"
+        "  buses:\n"
+        "    - {name: a, interface: virtual, channel: out-a, dbc: [outside.dbc], strict: false}\n"
+        "signals:\n"
+        "  - {path: Vehicle.Speed, source: Spd}\n"
+        "  - {path: Vehicle.Powertrain.TractionBattery.CurrentVoltage, source: Volt}\n"
+    )
+    vehicle = dbc.load_vehicle(config.load(tmp_path / "outside.yaml"))
+    frames = [
+        (key, data, 1.7e9 + index)
+        for index, (key, data) in enumerate(
+            [(0x100, bytes([1, 2])), (0x100, bytes(range(1, 9))), (0x101, bytes([1, 2]))]
+            + [(0x101, bytes(range(1, 9)))] * 2
+        )
+    ]
+    records = {"one": Records(), "many": Records()}
+    built = {
+        way: Pipeline(
+            vehicle_id="V",
+            decoders=build_decoders(vehicle),
+            sampler=Sampler(policies_of(vehicle.loaded.settings.signals)),
+            outbox=records[way],  # type: ignore[arg-type]
+            settings=vehicle.loaded.settings.telemetry,
+        )
+        for way in records
+    }
+    for key, data, ts in frames:
+        built["one"].receiver_for("a")(Frame(key, data, ts))
+    built["many"].frames_receiver_for("a")(frames)
+    for pipeline in built.values():
+        pipeline.flush()
+    assert records["many"].by_path == records["one"].by_path == {}
+    stats = built["many"].decoders["a"].stats
+    assert stats == built["one"].decoders["a"].stats
+    assert stats.failed == len(frames)
