@@ -167,12 +167,13 @@ class Pipeline:
                     if len(data) == repeat.length and repeat.bits >= 0:
                         if bits == repeat.bits and repeat in touched and repeat.hopeful:
                             # Its id was decoded earlier in this read: the policies see the
-                            # samples so far, so that this repeat can be judged.
+                            # samples so far, so that this repeat can be judged (the other
+                            # ids decoded so far are renewed at the end of the read).
                             if samples:
                                 batch.extend(select(samples))
                                 samples = []
-                            repeats.renew(touched)
-                            touched.clear()
+                            repeats.renew((repeat,))
+                            touched.discard(repeat)
                         if repeat.floor <= ts < repeat.due:
                             changed = bits ^ repeat.bits  # only the signals that moved
                             inputs = input_masks.get(key)
