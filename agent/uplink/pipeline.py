@@ -25,7 +25,7 @@ from agent.uplink.outbox import Outbox, OutboxError, OutboxFull
 from agent.vehicle.compute import Computer
 from agent.vehicle.decode import Decoder
 from agent.vehicle.model import FrameLike, RawFrame, Sample
-from agent.vehicle.repeats import Repeat, Repeats
+from agent.vehicle.repeats import MuxRepeat, Repeat, Repeats
 from agent.vehicle.signals import Sampler
 
 log = structlog.get_logger("agent.uplink.pipeline")
@@ -137,14 +137,14 @@ class Pipeline:
         # Only frames that carry an input of a computed path are looked at by the computer.
         feed_keys = decoder.keys_carrying(computer.inputs) if computer is not None else frozenset()
         stats = self.stats
-        repeats = self._repeats.setdefault(bus, Repeats(decoder, sampler))
+        inputs = computer.inputs if computer is not None else frozenset()
+        repeats = self._repeats.setdefault(bus, Repeats(decoder, sampler, inputs))
         repeat_of = repeats.by_key.get
         from_bytes = int.from_bytes
         never = -math.inf
         # A computed value is stamped with the newest frame time of its inputs: a frame that
         # is skipped, or a signal left out because it did not move, still renews the time of
         # the inputs it carries, as decoding it would have.
-        input_masks = decoder.input_masks(computer.inputs) if computer is not None else {}
         seen_at = computer.seen_at if computer is not None else None
 
         def on_frames(frames: list[RawFrame]) -> None:
@@ -157,12 +157,20 @@ class Pipeline:
             touched: set[Repeat] = set()
             skipped = skipped_samples = 0
             for key, data, ts in frames:
-                repeat = repeat_of(key)
+                entry = repeat_of(key)
+                repeat: Repeat | None = None
+                if entry is not None:
+                    bits = from_bytes(data, "little") & entry.mask
+                    if entry.__class__ is MuxRepeat:  # the selector value's own state
+                        repeat = entry.branches.get(entry.selector(bits))
+                        if repeat is not None:
+                            bits &= repeat.mask
+                    else:
+                        repeat = entry  # type: ignore[assignment]
                 if repeat is None:
                     start = len(samples)
                     decode(key, data, ts, samples)
                 else:
-                    bits = from_bytes(data, "little") & repeat.mask
                     changed = -1  # every signal's sample
                     if len(data) == repeat.length and repeat.bits >= 0:
                         if bits == repeat.bits and repeat in touched and repeat.hopeful:
@@ -176,9 +184,8 @@ class Pipeline:
                             touched.discard(repeat)
                         if repeat.floor <= ts < repeat.due:
                             changed = bits ^ repeat.bits  # only the signals that moved
-                            inputs = input_masks.get(key)
-                            if inputs is not None and seen_at is not None:
-                                for path, mask in inputs:
+                            if seen_at is not None:
+                                for path, mask in repeat.inputs:
                                     if not changed & mask:
                                         seen_at[path] = ts
                             if not changed:
@@ -186,7 +193,7 @@ class Pipeline:
                                 skipped_samples += repeat.count
                                 continue
                     start = len(samples)
-                    complete = decode_changed(key, data, ts, samples, changed, bits)
+                    complete = decode_changed(key, data, ts, samples, changed, bits, repeat.branch)
                     repeat.due = never  # until renewed after the policies
                     repeat.length = len(data)
                     # A short frame or a dropped value: the next one is decoded in full.

@@ -12,7 +12,9 @@ range too (`out_of_range`), numbers are rounded to the resolution and integer pa
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -24,7 +26,7 @@ from cantools.database.utils import create_encode_decode_formats
 
 from agent.vehicle.dbc import MappedSignal, Vehicle, choices_of, frame_key, raw_range
 from agent.vehicle.model import FrameLike, Sample, Value
-from agent.vehicle.unpackers import Unpacker, generate
+from agent.vehicle.unpackers import Unpacker, generate, raw_reader
 from agent.vehicle.vsscheck import PathType, effective_linear, resolution_decimals, untyped
 
 
@@ -274,16 +276,25 @@ def _build_plan(
             members = [m for m in muxed if mux_id in (m.signal.multiplexer_ids or ())]
             big, little = _compile([m.signal for m in members], length)
             name = f"{message.name}[{mux_id}]"
-            branches[mux_id] = _Plan(name, length, big, little, _outputs(members, types))
+            branch = _Plan(name, length, big, little, _outputs(members, types))
+            _finish(branch, [m.signal for m in members], length)
+            branches[mux_id] = branch
     big, little = _compile(base_signals, length)
     plan = _Plan(message.name, length, big, little, _outputs(base, types), selector, branches)
-    plan.mask = signal_mask(base_signals)
+    _finish(plan, base_signals, length)
+    if branches is not None:
+        plan.fast = None  # a multiplexed frame is decoded by its base and a branch
+    return plan
+
+
+def _finish(plan: _Plan, signals: list[Signal], length: int) -> None:
+    """The bits `plan` reads, its outputs' count and its generated function."""
+    plan.mask = signal_mask(signals)
     plan.entries = len(_paths_of(plan))
     # `strict: false` loads a signal that runs past its message's length as written; bitstruct
     # then refuses such frames and counts them as failed, which the generated code would not.
-    if branches is None and not plan.mask >> (8 * length):
-        plan.fast = generate(plan.outs, {s.name: s for s in base_signals}, length, _Drop)
-    return plan
+    if not plan.mask >> (8 * length):
+        plan.fast = generate(plan.outs, {s.name: s for s in signals}, length, _Drop)
 
 
 def signal_mask(signals: Iterable[Signal]) -> int:
@@ -313,6 +324,41 @@ def _nested(message: Message, signal: Signal) -> bool:
     return message.get_signal_by_name(name).multiplexer_ids is not None
 
 
+@dataclass(frozen=True, slots=True)
+class SkipUnit:
+    """What a frame that repeats is judged on (Decoder.repeat_masks): the bits its plan
+    reads, its byte length, its paths, each output's (path, bits), and for a multiplexed
+    id the selector value of the branch."""
+
+    mask: int
+    length: int
+    paths: tuple[str, ...]
+    outputs: tuple[tuple[str, int], ...]
+    branch: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MuxUnits:
+    """A multiplexed id: every branch's bits together, the selector's raw value from them,
+    and one SkipUnit per selector value."""
+
+    mask: int
+    selector: Callable[[int], int]
+    branches: dict[int, SkipUnit]
+
+
+def _entries(outs: _Outputs) -> list[tuple[Any, ...]]:
+    return [
+        entry for group in (outs.ints, outs.exact, outs.tables, outs.general) for entry in group
+    ]
+
+
+def _unit(plan: _Plan, branch: int | None) -> SkipUnit:
+    outputs = tuple((entry[1], entry[0]) for entry in _entries(plan.outs))
+    paths = tuple(sorted({path for path, _ in outputs}))
+    return SkipUnit(plan.mask, plan.length, paths, outputs, branch)
+
+
 class Decoder:
     """Decodes the frames of one bus into samples of the mapped paths."""
 
@@ -331,6 +377,7 @@ class Decoder:
             key: _build_plan(message, members, self._types)
             for key, (message, members) in by_message.items()
         }
+        self._messages = {key: message for key, (message, _) in by_message.items()}
 
     @property
     def frame_keys(self) -> frozenset[int]:
@@ -351,35 +398,32 @@ class Decoder:
         wanted = set(paths)
         return frozenset(key for key, plan in self._plans.items() if wanted & _paths_of(plan))
 
-    def input_masks(self, paths: Iterable[str]) -> dict[int, tuple[tuple[str, int], ...]]:
-        """Per frame key, (path, signal bits) of each of `paths` its plan gives (multiplexed
-        plans are never skipped, so their branches do not count)."""
-        wanted = set(paths)
-        out = {}
-        for key, plan in self._plans.items():
-            outs = plan.outs
-            found = tuple(
-                (entry[1], entry[0])
-                for group in (outs.ints, outs.exact, outs.tables, outs.general)
-                for entry in group
-                if entry[1] in wanted
-            )
-            if found:
-                out[key] = found
-        return out
-
-    def repeat_masks(self) -> dict[int, tuple[int, int, tuple[str, ...]]]:
+    def repeat_masks(self) -> dict[int, SkipUnit | MuxUnits]:
         """For each frame key whose frames can be skipped when they repeat (agent.vehicle.
-        repeats): (mask, length, paths). `mask` has the bits, in the little-endian integer
-        of the frame's bytes, that the plan reads; equal bits under it decode to equal samples.
-        Left out: multiplexed plans (frames of one id take turns), cantools' fallback and
-        tapped plans (a campaign wants every sample)."""
-        out = {}
+        repeats), what a skip is judged on: the bits, in the little-endian integer of the
+        frame's bytes, that the plan reads (equal bits under them decode to equal samples),
+        its paths, and each output's own bits. A multiplexed id is one unit per selector
+        value (`MuxUnits`), when all its mapped signals are in branches (a base signal is
+        carried by every branch's frames, so one branch's bits could not stand for it).
+        Left out: cantools' fallback and tapped plans (a campaign wants every sample)."""
+        out: dict[int, SkipUnit | MuxUnits] = {}
         for key, plan in self._plans.items():
-            if plan.branches is not None or plan.fallback is not None or plan.tap is not None:
+            if plan.fallback is not None or plan.tap is not None:
                 continue
-            paths = tuple(sorted(_paths_of(plan)))
-            out[key] = (plan.mask, plan.length, paths)
+            if plan.branches is None:
+                out[key] = _unit(plan, None)
+                continue
+            union = plan.mask | functools.reduce(
+                operator.or_, (b.mask for b in plan.branches.values()), 0
+            )
+            if _entries(plan.outs) or union >> (8 * plan.length) or plan.mux is None:
+                continue
+            selector = self._messages[key].get_signal_by_name(plan.mux)
+            out[key] = MuxUnits(
+                union,
+                raw_reader(selector, plan.length),
+                {mux_id: _unit(branch, mux_id) for mux_id, branch in plan.branches.items()},
+            )
         return out
 
     def decode(self, frame: FrameLike) -> list[Sample]:
@@ -456,14 +500,26 @@ class Decoder:
             tap += out[before:]
 
     def decode_changed(
-        self, key: int, data: bytes, ts: float, out: list[Sample], changed: int, bits: int
+        self,
+        key: int,
+        data: bytes,
+        ts: float,
+        out: list[Sample],
+        changed: int,
+        bits: int,
+        branch: int | None = None,
     ) -> bool:
         """`decode_raw` for a frame of an id in `repeat_masks`, appending the samples of the
         signals whose bits meet `changed` only (-1: all): the others carry what the last
         frame decoded did, which the caller knows. They count in `stats.samples` as if given
         again. `bits`: the frame's bytes as a little-endian integer under the plan's mask.
-        True when no value was dropped, so the frame's bits stand for its values."""
+        True when no value was dropped, so the frame's bits stand for its values. `branch`:
+        the selector value of a multiplexed frame (its unit in `repeat_masks` has no base
+        outputs), whose branch plan is decoded."""
         plan = self._plans[key]
+        if branch is not None:
+            assert plan.branches is not None
+            plan = plan.branches[branch]
         stats = self.stats
         if len(data) < plan.length:
             stats.short += 1

@@ -20,6 +20,11 @@ What a skip leaves out, and why that is safe:
 
 A plan that dropped a value (a sentinel, out of range) is not skipped until it decodes a
 frame in full again, since a skip could not count the drop.
+
+A multiplexed id (a TPMS frame taking each wheel in turn, a BMS frame carrying a few cells at a
+time) keeps one state per selector value (`MuxRepeat`): frames of one wheel are compared with
+the last frame of that wheel. Only where all its mapped signals are in branches: a mapped base
+signal rides on every branch's frames, so one branch's bits could not stand for its value.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from agent.vehicle.decode import Decoder
+from agent.vehicle.decode import Decoder, MuxUnits, SkipUnit
 from agent.vehicle.signals import Sampler
 
 # The policies compare `ts - published_ts` with an interval; the skip compares `ts` with
@@ -38,16 +43,31 @@ _MARGIN_RELATIVE = 4e-16
 
 
 class Repeat:
-    """The skip state of one frame id."""
+    """The skip state of one frame id (or of one selector value of a multiplexed id)."""
 
-    __slots__ = ("bits", "count", "due", "floor", "hopeful", "length", "mask", "paths")
+    __slots__ = (
+        "bits",
+        "branch",
+        "count",
+        "due",
+        "floor",
+        "hopeful",
+        "inputs",
+        "length",
+        "mask",
+        "paths",
+    )
 
-    def __init__(self, mask: int, length: int, paths: tuple[str, ...]) -> None:
-        self.mask = mask
-        self.paths = paths
-        self.count = len(paths)  # the samples a frame of this id gives
+    def __init__(self, unit: SkipUnit, inputs: frozenset[str]) -> None:
+        self.mask = unit.mask
+        self.paths = unit.paths
+        self.branch = unit.branch  # the selector value, for a multiplexed id
+        # (path, bits) of the outputs that a computed path reads: their times are renewed
+        # when the frame is skipped or they did not move.
+        self.inputs = tuple((path, bits) for path, bits in unit.outputs if path in inputs)
+        self.count = len(unit.paths)  # the samples a frame of this id gives
         self.bits = -1  # the masked bits of the last frame decoded; -1: none to compare with
-        self.length = length  # its number of bytes (a shorter frame could look equal)
+        self.length = unit.length  # its number of bytes (a shorter frame could look equal)
         self.floor = math.inf  # no skip before this time: the newest publish of the paths
         self.due = -math.inf  # no skip from this time on: a policy would publish
         # False when the last renewal found no time a repeat could be skipped in (a path
@@ -55,21 +75,39 @@ class Repeat:
         self.hopeful = True
 
 
+class MuxRepeat:
+    """A multiplexed id: one Repeat per selector value, found from the frame's bits."""
+
+    __slots__ = ("branches", "mask", "selector")
+
+    def __init__(self, units: MuxUnits, inputs: frozenset[str]) -> None:
+        self.mask = units.mask
+        self.selector = units.selector
+        self.branches = {value: Repeat(unit, inputs) for value, unit in units.branches.items()}
+
+
 class Repeats:
     """The skip states of one bus's frame ids, rebuilt when the policies or the taps change."""
 
-    def __init__(self, decoder: Decoder, sampler: Sampler) -> None:
+    def __init__(
+        self, decoder: Decoder, sampler: Sampler, inputs: frozenset[str] = frozenset()
+    ) -> None:
         self._decoder = decoder
         self._sampler = sampler
-        self.by_key: dict[int, Repeat] = {}  # changed in place: the frame callback holds it
+        self._inputs = inputs  # the paths computed ones are made of
+        # Changed in place: the frame callback holds it.
+        self.by_key: dict[int, Repeat | MuxRepeat] = {}
         self.version = -1
         self.reset()
 
     def reset(self) -> None:
         """Forget every state (the decode plans' taps or the policies changed)."""
         self.by_key.clear()
-        for key, (mask, length, paths) in self._decoder.repeat_masks().items():
-            self.by_key[key] = Repeat(mask, length, paths)
+        for key, unit in self._decoder.repeat_masks().items():
+            if isinstance(unit, MuxUnits):
+                self.by_key[key] = MuxRepeat(unit, self._inputs)
+            else:
+                self.by_key[key] = Repeat(unit, self._inputs)
         self.version = self._sampler.rules_version
 
     def renew(self, touched: Iterable[Repeat]) -> None:

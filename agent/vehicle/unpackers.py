@@ -115,3 +115,25 @@ def generate(
     exec(compile(source, "<agent.vehicle.unpackers>", "exec"), names)
     unpacker: Unpacker = names["unpack"]
     return unpacker
+
+
+def raw_reader(signal: Signal, length: int) -> Callable[[int], int]:
+    """A signal's raw integer from the frame's bits (a little-endian integer of `length`
+    bytes): a multiplexer's selector, to find its branch before decoding."""
+    width = (1 << _int(signal.length)) - 1
+    signed = signal.is_signed
+    if signal.byte_order == "big_endian":
+        shift = 8 * _int(length) - _int(start_bit(signal)) - signal.length
+
+        def read(bits: int) -> int:
+            raw = (int.from_bytes(bits.to_bytes(length, "little"), "big") >> shift) & width
+            return raw - width - 1 if signed and raw > width >> 1 else raw
+
+        return read
+    start = _int(signal.start)
+
+    def read_little(bits: int) -> int:
+        raw = (bits >> start) & width
+        return raw - width - 1 if signed and raw > width >> 1 else raw
+
+    return read_little

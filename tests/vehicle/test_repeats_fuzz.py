@@ -4,7 +4,8 @@ Motorola signals, signed ones, an IEEE float, choices with a sentinel, a `map` t
 signal mapped to two paths, one message on both buses, computed paths across messages and
 across buses. Frames come short, padded as CAN FD pads them and with bits flipped; time steps
 back and stands still; policies are reloaded and campaign taps set mid-stream; batches fill
-mid-read. Both ways see the frames in the same order (a read's frames, bus by bus) and must
+mid-read; multiplexed ids, with their mapped signals in branches only and with a mapped base
+signal. Both ways see the frames in the same order (a read's frames, bus by bus) and must
 agree on everything: what is published, the values, every counter, the taps."""
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ BO_ 257 M2: 8 X
  SG_ FL : 0|32@1- (1,0) [0|0] "" X
  SG_ E : 39|8@0- (1,0) [-128|127] "" X
  SG_ K2 : 48|8@1+ (1,0) [0|255] "" X
+BO_ 260 MB: 8 X
+ SG_ SB M : 0|1@1+ (1,0) [0|1] "" X
+ SG_ BASE : 8|8@1+ (1,0) [0|255] "" X
+ SG_ X0 m0 : 16|8@1+ (1,0) [0|255] "" X
+ SG_ X1 m1 : 16|8@1+ (1,0) [0|255] "" X
 VAL_ 256 G 0 "P" 1 "R" 2 "N" 3 "D" 7 "SNA" ;
 SIG_VALTYPE_ 257 FL : 1;
 """
@@ -54,6 +60,13 @@ BO_ 258 M3: 4 X
  SG_ J : 23|8@0+ (1,0) [0|255] "" X
 BO_ 256 M1: 8 X
  SG_ A : 0|10@1+ (0.1,0) [0|100] "" X
+BO_ 259 MX: 8 X
+ SG_ S M : 0|2@1+ (1,0) [0|3] "" X
+ SG_ P0 m0 : 8|8@1+ (0.5,0) [0|127.5] "" X
+ SG_ T0 m0 : 23|8@0- (1,0) [-128|127] "" X
+ SG_ P1 m1 : 8|8@1+ (0.5,0) [0|127.5] "" X
+ SG_ T1 m1 : 16|8@1+ (1,-40) [-40|215] "" X
+ SG_ Q2 m2 : 8|16@1+ (1,0) [0|65535] "" X
 """
 SIGNALS = """signals:
   - {path: Vehicle.Powertrain.TractionBattery.StateOfCharge.Current, source: A, bus: a}
@@ -70,12 +83,22 @@ SIGNALS = """signals:
   - {path: Test.M3.I, source: I}
   - {path: Test.M3.J, source: J, transform: {linear: {scale: 2, offset: -10}}}
   - {path: Test.M3.A, source: A, bus: b}
+  - {path: Test.MX.P0, source: P0}
+  - {path: Test.MX.T0, source: T0, invalid: [-128]}
+  - {path: Test.MX.P1, source: P1}
+  - {path: Test.MX.T1, source: T1}
+  - {path: Test.MB.BASE, source: BASE}
+  - {path: Test.MB.X0, source: X0}
+  - {path: Test.MB.X1, source: X1}
   - {path: Test.Comp, compute: Test.M1.B + Test.M3.H}
   - {path: Test.Comp2, compute: Test.M1.D * 2}
+  - {path: Test.CompMux, compute: Test.MX.P0 - Test.MX.P1}
 vss: {unknown_paths: warn}
 """
-KEYS = [("a", 0x100), ("a", 0x101), ("b", 0x102), ("b", 0x100)]
-LENGTH = {0x100: 8, 0x101: 8, 0x102: 4}
+# Two multiplexed ids: MX (mapped signals in branches only: skipped per selector value) and
+# MB (a mapped base signal: decoded every time).
+KEYS = [("a", 0x100), ("a", 0x101), ("b", 0x102), ("b", 0x100), ("b", 0x103), ("a", 0x104)]
+LENGTH = {0x100: 8, 0x101: 8, 0x102: 4, 0x103: 8, 0x104: 8}
 SHAPES = ["same", "same", "same", "same", "short", "pad12", "pad64", "long8"]
 STEPS = [0.0, 0.0, 1e-9, 1e-7, 0.001, 0.01, 0.01, 0.05, 0.1, 0.3, 0.5, 1.0, -0.5, -5.0]
 
@@ -212,8 +235,16 @@ PATH_NAMES = [
     "Test.M3.I",
     "Test.M3.J",
     "Test.M3.A",
+    "Test.MX.P0",
+    "Test.MX.T0",
+    "Test.MX.P1",
+    "Test.MX.T1",
+    "Test.MB.BASE",
+    "Test.MB.X0",
+    "Test.MB.X1",
     "Test.Comp",
     "Test.Comp2",
+    "Test.CompMux",
 ]
 _PATHS = st.sampled_from(PATH_NAMES)
 _POLICY = st.builds(
@@ -226,7 +257,7 @@ _POLICY = st.builds(
 _EVENT = st.one_of(
     st.tuples(
         st.just("frame"),
-        st.integers(0, 3),
+        st.integers(0, len(KEYS) - 1),
         st.integers(0, 3),
         st.lists(st.integers(0, 63), max_size=2),
         st.sampled_from(STEPS),
@@ -281,7 +312,7 @@ def _timeline(seed: int) -> list[tuple[Any, ...]]:
         elif draw < 0.015:
             events.append(("taps", set(rng.sample(paths, rng.randint(0, 2)))))
         else:
-            which = rng.randrange(4) if rng.random() < 0.5 else 0
+            which = rng.randrange(len(KEYS)) if rng.random() < 0.5 else rng.choice((0, 4))
             flips = [rng.randrange(64)] if rng.random() < 0.05 else []
             shape = "same" if rng.random() < 0.95 else rng.choice(SHAPES[4:])
             payload = last.get(which, 0) if rng.random() < 0.85 else rng.randrange(4)

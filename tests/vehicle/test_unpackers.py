@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.vehicle import dbc
 from agent.vehicle.decode import Decoder, _Drop, _Outputs, _unpack, build_decoders, signal_mask
 from agent.vehicle.model import Sample
-from agent.vehicle.unpackers import generate
+from agent.vehicle.unpackers import generate, raw_reader
 from tests.vehicle.test_decode import all_signals  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +45,10 @@ def test_a_generated_raw_value_is_the_one_cantools_decodes(
     unpack = generate(outs, {"S": signal}, 8, _Drop)
     assert unpack is not None
     out: list[Sample] = []
-    unpack(int.from_bytes(data, "little") & signal_mask([signal]), 0.0, out, -1, None)
+    bits = int.from_bytes(data, "little") & signal_mask([signal])
+    unpack(bits, 0.0, out, -1, None)
     assert out == [Sample("P", 0.0, expected)]
+    assert raw_reader(signal, 8)(bits) == expected  # how a multiplexer's selector is read
 
 
 def _compare(decoder: Decoder, seed: int) -> int:
