@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -141,7 +140,6 @@ class Pipeline:
         repeats = self._repeats.setdefault(bus, Repeats(decoder, sampler, inputs))
         repeat_of = repeats.by_key.get
         from_bytes = int.from_bytes
-        never = -math.inf
         # A computed value is stamped with the newest frame time of its inputs: a frame that
         # is skipped, or a signal left out because it did not move, still renews the time of
         # the inputs it carries, as decoding it would have.
@@ -171,9 +169,9 @@ class Pipeline:
                     start = len(samples)
                     decode(key, data, ts, samples)
                 else:
-                    changed = -1  # every signal's sample
+                    emit = -1  # every signal's sample
                     if len(data) == repeat.length and repeat.bits >= 0:
-                        if bits == repeat.bits and repeat in touched and repeat.hopeful:
+                        if bits == repeat.bits and repeat.dirty and repeat.hopeful:
                             # Its id was decoded earlier in this read: the policies see the
                             # samples so far, so that this repeat can be judged (the other
                             # ids decoded so far are renewed at the end of the read).
@@ -183,18 +181,21 @@ class Pipeline:
                             repeats.renew((repeat,))
                             touched.discard(repeat)
                         if repeat.floor <= ts < repeat.due:
-                            changed = bits ^ repeat.bits  # only the signals that moved
+                            # The signals that moved, now or earlier in this read (their
+                            # policies are not worked out again yet); the others would not
+                            # be published before `due`.
+                            emit = (bits ^ repeat.bits) | repeat.dirty
                             if seen_at is not None:
                                 for path, mask in repeat.inputs:
-                                    if not changed & mask:
+                                    if not emit & mask:
                                         seen_at[path] = ts
-                            if not changed:
+                            if not emit:
                                 skipped += 1
                                 skipped_samples += repeat.count
                                 continue
                     start = len(samples)
-                    complete = decode_changed(key, data, ts, samples, changed, bits, repeat.branch)
-                    repeat.due = never  # until renewed after the policies
+                    complete = decode_changed(key, data, ts, samples, emit, bits, repeat.branch)
+                    repeat.dirty |= emit
                     repeat.length = len(data)
                     # A short frame or a dropped value: the next one is decoded in full.
                     repeat.bits = bits if complete else -1

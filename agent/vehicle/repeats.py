@@ -6,11 +6,13 @@ and while no policy of its paths is due it publishes nothing and changes nothing
 reads. The live path (Pipeline.frames_receiver_for) therefore compares each frame, under a
 mask of the bits its decode plan reads, with the last frame of its id that was decoded, and
 skips it when the bits are equal and its time is before the earliest moment a policy would
-publish one of its paths (Sampler.due). Every other frame is decoded as before; the skip is
-then off for that id until the read's samples have been through the policies and the moment
-is worked out again (`renew`). Skipped frames count as decoded and their samples in the
-decoder's `samples`, so the decode counters read as if each frame had gone the whole way; the
-sampler's own `offered` and `suppressed` count what it was shown.
+publish one of its paths (Sampler.due). A frame whose bits moved gives the samples of the
+signals that moved; until the read's samples have been through the policies and the moment
+is worked out again (`renew`), those signals are given with every frame of the id (`dirty`:
+their policies may have moved the moment), while the others are still left out. Skipped
+frames count as decoded and their samples in the decoder's `samples`, so the decode counters
+read as if each frame had gone the whole way; the sampler's own `offered` and `suppressed`
+count what it was shown.
 
 What a skip leaves out, and why that is safe:
 - the sampler's latest value of each path: unchanged, the bits are the same;
@@ -49,6 +51,7 @@ class Repeat:
         "bits",
         "branch",
         "count",
+        "dirty",
         "due",
         "floor",
         "hopeful",
@@ -70,6 +73,9 @@ class Repeat:
         self.length = unit.length  # its number of bytes (a shorter frame could look equal)
         self.floor = math.inf  # no skip before this time: the newest publish of the paths
         self.due = -math.inf  # no skip from this time on: a policy would publish
+        # The signals given since the last renewal (-1: all): their policies may have moved
+        # `due`, so they are given again until the next renewal; for the others it holds.
+        self.dirty = 0
         # False when the last renewal found no time a repeat could be skipped in (a path
         # published at every value): such an id is not worth renewing in the middle of a read.
         self.hopeful = True
@@ -115,6 +121,7 @@ class Repeats:
         ids decoded in it may be skipped and until when."""
         due_of = self._sampler.due
         for repeat in touched:
+            repeat.dirty = 0
             if repeat.bits < 0:
                 repeat.due = -math.inf
                 continue

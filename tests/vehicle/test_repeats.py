@@ -239,14 +239,14 @@ def _both_ways(frames: list[RawFrame], read_size: int = 1) -> tuple[Pipeline, Re
     return many, one_records, many_records
 
 
-def _bms(soc: float, counter: int = 0) -> bytes:
+def _bms(soc: float, counter: int = 0, current: float = -20.0) -> bytes:
     vehicle, _, _ = _world()
     message = vehicle.buses["powertrain"].by_name["BMS_Status"]
     values = {
         "BMS_SOC": soc,
         "BMS_SOH": 97.0,
         "BMS_PackVoltage": 400.0,
-        "BMS_PackCurrent": -20.0,
+        "BMS_PackCurrent": current,
         "BMS_PackTempAvg": 25.0,
         "BMS_StatusCounter": counter,
     }
@@ -268,6 +268,27 @@ def test_a_change_held_back_by_min_interval_goes_out_while_the_frame_repeats() -
         assert many.by_path == one.by_path
         assert many.by_path[SOC] == [(t0, 80.0), (t0 + 0.1 * 10, 81.0)]
         assert live.stats.frames_repeated >= 18  # all but the first, the change, the publish
+
+
+def test_a_change_held_back_goes_out_with_the_next_frame_in_the_same_read() -> None:
+    """One read: the state of charge moves and is held back (1 s), then, after that second,
+    a frame in which only the current moved. The state of charge did not move in it, but its
+    held-back value is due: it goes out with that frame, as decoding every frame gives."""
+    t0 = 1.7e9
+    frames = [(0x100, _bms(80.0), t0)]
+    later = [(0x100, _bms(81.0), t0 + 0.1), (0x100, _bms(81.0, current=-30.0), t0 + 1.05)]
+    vehicle, _, _ = _world()
+    one_records, many_records = Records(), Records()
+    one, many = _pipeline(vehicle, one_records, None), _pipeline(vehicle, many_records, None)
+    per_frame, per_read = one.receiver_for("powertrain"), many.frames_receiver_for("powertrain")
+    for read in (frames, later):
+        for key, data, ts in read:
+            per_frame(Frame(key, data, ts))
+        per_read(read)
+    one.flush()
+    many.flush()
+    assert many_records.by_path == one_records.by_path
+    assert many_records.by_path[SOC] == [(t0, 80.0), (t0 + 1.05, 81.0)]
 
 
 def test_a_heartbeat_goes_out_while_the_frame_repeats() -> None:
