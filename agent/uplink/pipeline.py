@@ -136,8 +136,10 @@ class Pipeline:
         # Only frames that carry an input of a computed path are looked at by the computer.
         feed_keys = decoder.keys_carrying(computer.inputs) if computer is not None else frozenset()
         stats = self.stats
-        inputs = computer.inputs if computer is not None else frozenset()
-        repeats = self._repeats.setdefault(bus, Repeats(decoder, sampler, inputs))
+        repeats = self._repeats.get(bus)
+        if repeats is None:
+            inputs = computer.inputs if computer is not None else frozenset()
+            repeats = self._repeats[bus] = Repeats(decoder, sampler, inputs)
         repeat_of = repeats.by_key.get
         from_bytes = int.from_bytes
         # A computed value is stamped with the newest frame time of its inputs: a frame that

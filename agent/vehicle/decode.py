@@ -281,19 +281,18 @@ def _build_plan(
             branches[mux_id] = branch
     big, little = _compile(base_signals, length)
     plan = _Plan(message.name, length, big, little, _outputs(base, types), selector, branches)
-    _finish(plan, base_signals, length)
-    if branches is not None:
-        plan.fast = None  # a multiplexed frame is decoded by its base and a branch
+    # A multiplexed frame is decoded by its base and a branch: only branches get a function.
+    _finish(plan, base_signals, length, generated=branches is None)
     return plan
 
 
-def _finish(plan: _Plan, signals: list[Signal], length: int) -> None:
-    """The bits `plan` reads, its outputs' count and its generated function."""
+def _finish(plan: _Plan, signals: list[Signal], length: int, *, generated: bool = True) -> None:
+    """The bits `plan` reads, its outputs' count and (`generated`) its generated function."""
     plan.mask = signal_mask(signals)
     plan.entries = len(_paths_of(plan))
     # `strict: false` loads a signal that runs past its message's length as written; bitstruct
     # then refuses such frames and counts them as failed, which the generated code would not.
-    if not plan.mask >> (8 * length):
+    if generated and not plan.mask >> (8 * length):
         plan.fast = generate(plan.outs, {s.name: s for s in signals}, length, _Drop)
 
 
@@ -602,10 +601,7 @@ class Decoder:
 
 
 def _paths_of(plan: _Plan) -> set[str]:
-    outs = plan.outs
-    paths = {
-        entry[1] for group in (outs.ints, outs.exact, outs.tables, outs.general) for entry in group
-    }
+    paths = {entry[1] for entry in _entries(plan.outs)}
     for branch in (plan.branches or {}).values():
         paths |= _paths_of(branch)
     return paths

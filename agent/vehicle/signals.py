@@ -86,21 +86,9 @@ class Sampler:
             if last is None or rule is None or path not in values:
                 return -_FOREVER, newest
             min_s, max_s, deadband, on_change = rule
-            if on_change:
-                value, old = values[path], last[2]
-                new_type, old_type = value.__class__, old.__class__
-                if (new_type is float or new_type is int) and (
-                    old_type is float or old_type is int
-                ):
-                    publishes = (
-                        abs(value - old) > deadband  # type: ignore[operator]
-                        if deadband > 0
-                        else value != old
-                    )
-                else:
-                    publishes = changed(value, old, deadband)
-            else:
-                publishes = max_s == _FOREVER  # every value, limited by min_s
+            # on_change: a value unlike the published one; otherwise every value, limited by
+            # min_s, unless there is a heartbeat (then only the heartbeat).
+            publishes = changed(values[path], last[2], deadband) if on_change else max_s == _FOREVER
             at = last[1] + (min_s if publishes or max_s < min_s else max_s)
             if at < due:
                 due = at
