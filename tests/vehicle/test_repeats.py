@@ -5,10 +5,8 @@ published, counted and remembered is exactly what decoding every frame gives."""
 from __future__ import annotations
 
 import functools
-import json
 import random
 from pathlib import Path
-from typing import Any
 
 import can
 from cantools.database.can import Message, Signal
@@ -20,10 +18,10 @@ from agent.sim.runner import record
 from agent.sim.scenario import load_scenario
 from agent.uplink.pipeline import Pipeline
 from agent.vehicle import dbc
-from agent.vehicle.compute import Computer
-from agent.vehicle.decode import build_decoders, signal_mask
+from agent.vehicle.decode import signal_mask
 from agent.vehicle.model import Frame, RawFrame, Sample
-from agent.vehicle.signals import Policy, Sampler, policies_of
+from agent.vehicle.signals import Policy, policies_of
+from tests.support.pipelines import Records, recording_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 TAPPED = "Vehicle.Cabin.HVAC.AmbientAirTemperature"
@@ -83,27 +81,8 @@ def _world() -> tuple[dbc.Vehicle, list[tuple[str, int]], dict[tuple[str, int], 
     return vehicle, sorted(pool), pool
 
 
-class Records:
-    """An outbox that keeps each path's published (ts, value) in order."""
-
-    def __init__(self) -> None:
-        self.by_path: dict[str, list[tuple[float, Any]]] = {}
-
-    def append(self, kind: str, topic: str, payload: Any, **extra: Any) -> None:
-        for sample in json.loads(payload(1))["samples"]:
-            self.by_path.setdefault(sample["path"], []).append((sample["ts"], sample["value"]))
-
-
 def _pipeline(vehicle: dbc.Vehicle, records: Records, taps: list[Sample] | None) -> Pipeline:
-    settings_ = vehicle.loaded.settings
-    built = Pipeline(
-        vehicle_id="V",
-        decoders=build_decoders(vehicle),
-        sampler=Sampler(policies_of(settings_.signals)),
-        outbox=records,  # type: ignore[arg-type]
-        settings=settings_.telemetry.model_copy(update={"batch_max_samples": 5}),
-        computer=Computer(settings_.signals, vehicle.types),
-    )
+    built = recording_pipeline(vehicle, records, 5)
     if taps is not None:
         built.set_taps({TAPPED}, taps)
     return built
@@ -387,16 +366,7 @@ def test_a_signal_running_past_its_message_is_counted_failed_as_without_the_skip
         )
     ]
     records = {"one": Records(), "many": Records()}
-    built = {
-        way: Pipeline(
-            vehicle_id="V",
-            decoders=build_decoders(vehicle),
-            sampler=Sampler(policies_of(vehicle.loaded.settings.signals)),
-            outbox=records[way],  # type: ignore[arg-type]
-            settings=vehicle.loaded.settings.telemetry,
-        )
-        for way in records
-    }
+    built = {way: recording_pipeline(vehicle, records[way], 500) for way in records}
     for key, data, ts in frames:
         built["one"].receiver_for("a")(Frame(key, data, ts))
     built["many"].frames_receiver_for("a")(frames)

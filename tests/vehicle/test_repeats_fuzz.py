@@ -10,7 +10,6 @@ agree on everything: what is published, the values, every counter, the taps."""
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
@@ -19,12 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import config
-from agent.uplink.pipeline import Pipeline
 from agent.vehicle import dbc
-from agent.vehicle.compute import Computer
-from agent.vehicle.decode import build_decoders
 from agent.vehicle.model import Frame, RawFrame, Sample
-from agent.vehicle.signals import Policy, Sampler, policies_of
+from agent.vehicle.signals import Policy
+from tests.support.pipelines import Records, recording_pipeline
 
 DBC_A = """VERSION ""
 NS_ :
@@ -118,29 +115,6 @@ def vehicle(tmp_path_factory: pytest.TempPathFactory) -> dbc.Vehicle:
     return dbc.load_vehicle(config.load(folder / "fuzz.yaml"))
 
 
-class Records:
-    """An outbox that keeps each path's published (ts, value) in order."""
-
-    def __init__(self) -> None:
-        self.by_path: dict[str, list[tuple[float, Any]]] = {}
-
-    def append(self, kind: str, topic: str, payload: Any, **extra: Any) -> None:
-        for sample in json.loads(payload(1))["samples"]:
-            self.by_path.setdefault(sample["path"], []).append((sample["ts"], sample["value"]))
-
-
-def _pipeline(vehicle: dbc.Vehicle, records: Records, batch: int) -> Pipeline:
-    settings_ = vehicle.loaded.settings
-    return Pipeline(
-        vehicle_id="V",
-        decoders=build_decoders(vehicle),
-        sampler=Sampler(policies_of(settings_.signals)),
-        outbox=records,  # type: ignore[arg-type]
-        settings=settings_.telemetry.model_copy(update={"batch_max_samples": batch}),
-        computer=Computer(settings_.signals, vehicle.types),
-    )
-
-
 def _payloads(seed: int) -> dict[tuple[str, int], list[bytes]]:
     """Four random payloads per frame id; the first two of M1 on bus a with a valid gear
     and state of charge, so that values repeat as well as drop."""
@@ -158,7 +132,7 @@ def run_both(vehicle: dbc.Vehicle, events: list[tuple[Any, ...]], seed: int, bat
     """Both ways through `events`, compared; the frames the live way skipped."""
     pool = _payloads(seed)
     records = {"one": Records(), "many": Records()}
-    built = {way: _pipeline(vehicle, records[way], batch) for way in records}
+    built = {way: recording_pipeline(vehicle, records[way], batch) for way in records}
     taps: dict[str, list[Sample]] = {"one": [], "many": []}
     per_frame = {bus: built["one"].receiver_for(bus) for bus in vehicle.buses}
     per_read = {bus: built["many"].frames_receiver_for(bus) for bus in vehicle.buses}
