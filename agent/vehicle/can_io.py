@@ -107,6 +107,23 @@ class _Listener(can.Listener):
         self._receiver.failed(exc)
 
 
+_told_reader = False
+
+
+def _tell_reader(reader: FrameReader) -> None:
+    """Once a process: a SocketCAN bus read without the C reader costs about twice the CPU
+    (docs/performance.md), which an operator sizing a head unit wants to know."""
+    global _told_reader
+    if reader.method != "native" and not _told_reader:
+        _told_reader = True
+        log.warning(
+            "can_reader_without_c",
+            method=reader.method,
+            hint="agent/vehicle/_canread.c was not built at install (no C compiler?): "
+            "frames are read in Python, at about twice the CPU a frame",
+        )
+
+
 class CanReceiver:
     """Receives one configured bus on the running event loop."""
 
@@ -206,6 +223,7 @@ class CanReceiver:
             self._receive_buffer(sock)
             if self._on_frames is not None:
                 self._reader = FrameReader(sock)
+                _tell_reader(self._reader)
                 self._fd = sock.fileno()
                 self._arm()
                 return

@@ -4,15 +4,21 @@ kernel timestamp, and the socket's drop counter.
 `FrameReader` takes any datagram socket carrying `struct can_frame` / `struct canfd_frame`
 (a SocketCAN raw socket that python-can opened, configured and filtered, or one end of a
 socket pair in benches and tests). One `read()` drains the socket until it would block or
-`limit` frames were read, with `recvmmsg(2)` through ctypes: up to 64 frames, their
-SO_TIMESTAMPNS timestamps and SO_RXQ_OVFL counters land in one preallocated buffer in one
-call, no address is asked for (Python's recvmsg makes CPython look up the interface's name
-with an extra ioctl per frame on a CAN socket), and struct unpacks the lot. Where libc has no
-recvmmsg the same comes from Python's `socket.recvmsg`, a frame a call (bench/live.py measures
-both: docs/performance.md).
+`limit` frames were read, with `recvmmsg(2)`: up to 64 frames, their SO_TIMESTAMPNS
+timestamps and SO_RXQ_OVFL counters in one call, no address asked for (Python's recvmsg
+makes CPython look up the interface's name with an extra ioctl per frame on a CAN socket).
+Three ways to the same frames, the first available taken:
 
-The drop counter the kernel puts in a frame's ancillary data is the socket's count when that
-frame was queued, so the last frame of each call carries the newest: only that one is parsed.
+- `native`: agent/vehicle/_canread.c, built by the install where there is a C compiler. It
+  builds each frame's tuple directly, which in Python cost more than the system call;
+- `recvmmsg`: the same system call through ctypes, the frames unpacked by struct;
+- `recvmsg`: Python's `socket.recvmsg`, a frame a call (libc without recvmmsg).
+
+bench/live.py measures them (docs/performance.md); tests/vehicle/test_sockread.py holds them
+to the same output, for any datagram. The drop counter the kernel puts in a frame's ancillary
+data is the socket's count when that frame was queued, so the last frame of each call carries
+the newest: only that one is parsed. A datagram shorter than a frame's 8-byte header (a socket
+pair carries anything; SocketCAN never sends one) is left out and counted in `short`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.vehicle.frames import (
@@ -38,6 +45,17 @@ from agent.vehicle.frames import (
 )
 from agent.vehicle.model import RawFrame
 
+
+def _native() -> Callable[[int, int], tuple[list[RawFrame], bool, int, int]] | None:
+    try:
+        from agent.vehicle._canread import read_frames
+    except ImportError:  # not built (no C compiler where it was installed): ctypes instead
+        return None
+    return read_frames
+
+
+_native_read = _native()
+
 BATCH = 64  # frames per recvmmsg call
 _CONTROL = 64  # bytes of ancillary data per frame: a timespec and a uint32, with headers
 _SLOT = CANFD_MTU + _CONTROL  # one frame's data, then its ancillary data (8-byte aligned)
@@ -48,6 +66,7 @@ _SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 # (len, level, type) and its timespec, then the rest of the control area.
 _SLOT_STRUCT = struct.Struct("=IB67xQiiqq" + f"{_CONTROL - 32}x")
 assert _SLOT_STRUCT.size == _SLOT
+_HEADER = 8  # can_id, len, flags, res0, len8_dlc: the bytes before the data
 
 
 class _IoVec(ctypes.Structure):
@@ -68,6 +87,11 @@ class _MsgHdr(ctypes.Structure):
 
 class _MMsgHdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+# The bytes each message brought (msg_len), read out of the headers of one call.
+_MSG_LEN_AT = _MMsgHdr.msg_len.offset
+_MSG_LEN = struct.Struct(f"={_MSG_LEN_AT}xI{ctypes.sizeof(_MMsgHdr) - _MSG_LEN_AT - 4}x")
 
 
 def _libc_recvmmsg() -> Any:
@@ -101,13 +125,14 @@ class FrameReader:
 
     def __init__(self, sock: socket.socket, *, method: str | None = None) -> None:
         self.sock = sock
-        self.method = method or ("recvmmsg" if _RECVMMSG is not None else "recvmsg")
-        if self.method == "recvmmsg" and _RECVMMSG is None:
-            raise OSError(errno.ENOSYS, "recvmmsg is not available")
+        self.method = method or next(m for m, ok in available_methods().items() if ok)
+        if not available_methods().get(self.method, False):
+            raise OSError(errno.ENOSYS, f"reading frames by {self.method} is not available")
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self.drops = 0  # the kernel's count of frames this socket lost (receive queue full)
         self.drained = True  # the last read() emptied the socket
+        self.short = 0  # datagrams too short to be a frame, left out (see the module's doc)
         self._fd = sock.fileno()
         self._buffer = ctypes.create_string_buffer(_SLOT * BATCH)
         self._view = memoryview(self._buffer).cast("B")
@@ -127,16 +152,29 @@ class FrameReader:
 
     def read(self, limit: int) -> list[RawFrame]:
         """Up to `limit` frames, oldest first; `drained` tells whether the socket is empty.
-        OSError for anything but "would block" (an interface gone down, for instance)."""
+        OSError for anything but "would block" (an interface gone down, for instance),
+        unless frames were read before it: those are returned, and the error comes again
+        with the next read."""
+        if self.method == "native":
+            assert _native_read is not None
+            frames, self.drained, drops, short = _native_read(self._fd, limit)
+            if drops >= 0:
+                self.drops = drops
+            self.short += short
+            return frames
         if self.method == "recvmsg":
             return self._read_recvmsg(limit)
+        return self._read_recvmmsg(limit)
+
+    def _read_recvmmsg(self, limit: int) -> list[RawFrame]:
         out: list[RawFrame] = []
         address = ctypes.addressof(self._msgs)
-        fd_length = self._fd_length
         stamped = _SCM_TIMESTAMPNS
         pristine = self._pristine
         view = self._view
+        headers = memoryview(self._msgs).cast("B")
         unpack = _SLOT_STRUCT.iter_unpack
+        lengths_of = _MSG_LEN.iter_unpack
         eff = CAN_EFF_FLAG
         sff = SFF_KEY_MASK
         while len(out) < limit:
@@ -145,38 +183,41 @@ class FrameReader:
             got = _RECVMMSG(self._fd, address, want, socket.MSG_DONTWAIT, None)
             if got < 0:
                 code = ctypes.get_errno()
+                if code == errno.EINTR:
+                    continue
                 if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                     self.drained = True
                     return out
+                if out:
+                    break  # what was read is kept; the error comes again next read
                 raise OSError(code, os.strerror(code))
             raw = view[: got * _SLOT].tobytes()
+            received = [n for (n,) in lengths_of(headers[: got * ctypes.sizeof(_MMsgHdr)])]
             # One comprehension over the slots: per frame a key, the data bytes and the
             # kernel's time. The first cmsg of a slot is the timestamp (SO_TIMESTAMPNS is on
             # for this socket, and the kernel puts it before the drop counter); a frame
             # without one (never seen on Linux) gets the time of reading. A length above 8
-            # is CAN FD, or a malformed classic frame: cut as python-can does.
+            # is CAN FD, or a malformed classic frame: cut as python-can does; never past
+            # what the datagram brought.
             out += [
                 (
                     can_id if can_id & eff else can_id & sff,
-                    raw[offset : offset + (length if length <= 8 else fd_length(length, offset))],
+                    raw[offset : offset + min(PAYLOAD_LENGTH[min(length, 64)], size - 8)],
                     sec + nsec * 1e-9 if kind == stamped else time.time(),
                 )
-                for offset, (can_id, length, _clen, _level, kind, sec, nsec) in zip(
-                    range(8, got * _SLOT, _SLOT), unpack(raw), strict=True
+                for offset, size, (can_id, length, _clen, _level, kind, sec, nsec) in zip(
+                    range(_HEADER, got * _SLOT, _SLOT), received, unpack(raw), strict=True
                 )
+                if size >= _HEADER
             ]
+            if min(received) < _HEADER:
+                self.short += sum(size < _HEADER for size in received)
             self._note_drops(got - 1)
             if got < want:
                 self.drained = True
                 return out
         self.drained = False
         return out
-
-    def _fd_length(self, length: int, offset: int) -> int:
-        """The data length of the frame whose data starts at `offset` in the slots, when its
-        `len` is above 8: rounded up to a CAN FD length, at most what the datagram held."""
-        received: int = self._msgs[offset // _SLOT].msg_len - 8
-        return min(PAYLOAD_LENGTH[min(length, 64)], received)
 
     def _note_drops(self, index: int) -> None:
         controllen = self._msgs[index].msg_hdr.msg_controllen
@@ -196,16 +237,25 @@ class FrameReader:
             except BlockingIOError:
                 self.drained = True
                 break
+            except InterruptedError:
+                continue
+            except OSError:
+                if out:
+                    self.drained = False
+                    return out  # kept; the error comes again next read
+                raise
+            last = ancillary
+            if len(frame) < _HEADER:
+                self.short += 1
+                continue
             can_id, length = struct.unpack_from("=IB", frame)
             stamp = time.time()
             for level, kind, data in ancillary:
                 if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS:
                     stamp = timestamp_of(data)
-            if length > 8:
-                length = min(PAYLOAD_LENGTH[min(length, 64)], len(frame) - 8)
+                    break
             key = can_id if can_id & CAN_EFF_FLAG else can_id & SFF_KEY_MASK
-            out.append((key, frame[8 : 8 + length], stamp))
-            last = ancillary
+            out.append((key, frame[_HEADER : _HEADER + PAYLOAD_LENGTH[min(length, 64)]], stamp))
         else:
             self.drained = False
         if last is not None:
@@ -213,3 +263,12 @@ class FrameReader:
             if drops is not None:
                 self.drops = drops
         return out
+
+
+def available_methods() -> dict[str, bool]:
+    """The ways to read frames, fastest first, and whether this installation has each."""
+    return {
+        "native": _native_read is not None,
+        "recvmmsg": _RECVMMSG is not None,
+        "recvmsg": True,
+    }

@@ -1,0 +1,4 @@
+"""Types of agent/vehicle/_canread.c (the optional C reader; see agent/vehicle/sockread.py)."""
+
+def read_frames(fd: int, limit: int, /) -> tuple[list[tuple[int, bytes, float]], bool, int, int]:
+    """(frames, drained, drops or -1, datagrams too short to be a frame)."""
