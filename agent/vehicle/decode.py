@@ -402,8 +402,9 @@ class Decoder:
         repeats), what a skip is judged on: the bits, in the little-endian integer of the
         frame's bytes, that the plan reads (equal bits under them decode to equal samples),
         its paths, and each output's own bits. A multiplexed id is one unit per selector
-        value (`MuxUnits`), when all its mapped signals are in branches (a base signal is
-        carried by every branch's frames, so one branch's bits could not stand for it).
+        value (`MuxUnits`), when all its mapped signals are in branches and each in one
+        branch only (a signal carried by several branches' frames, a base signal or one of
+        extended multiplexing, could not be stood for by one branch's bits).
         Left out: cantools' fallback and tapped plans (a campaign wants every sample)."""
         out: dict[int, SkipUnit | MuxUnits] = {}
         for key, plan in self._plans.items():
@@ -417,12 +418,15 @@ class Decoder:
             )
             if _entries(plan.outs) or union >> (8 * plan.length) or plan.mux is None:
                 continue
+            units = {mux_id: _unit(branch, mux_id) for mux_id, branch in plan.branches.items()}
+            # A signal in several branches (extended multiplexing, SG_MUL_VAL_ 1-2) gives
+            # one path from frames of each: one branch's repeat is no repeat of that path.
+            if sum(len(u.paths) for u in units.values()) > len(
+                {path for u in units.values() for path in u.paths}
+            ):
+                continue
             selector = self._messages[key].get_signal_by_name(plan.mux)
-            out[key] = MuxUnits(
-                union,
-                raw_reader(selector, plan.length),
-                {mux_id: _unit(branch, mux_id) for mux_id, branch in plan.branches.items()},
-            )
+            out[key] = MuxUnits(union, raw_reader(selector, plan.length), units)
         return out
 
     def decode(self, frame: FrameLike) -> list[Sample]:

@@ -25,8 +25,9 @@ frame in full again, since a skip could not count the drop.
 
 A multiplexed id (a TPMS frame taking each wheel in turn, a BMS frame carrying a few cells at a
 time) keeps one state per selector value (`MuxRepeat`): frames of one wheel are compared with
-the last frame of that wheel. Only where all its mapped signals are in branches: a mapped base
-signal rides on every branch's frames, so one branch's bits could not stand for its value.
+the last frame of that wheel. Only where all its mapped signals are in branches, each in one:
+a mapped base signal rides on every branch's frames, and so does a signal of several branches
+(extended multiplexing), so one branch's bits could not stand for its value.
 """
 
 from __future__ import annotations

@@ -44,8 +44,14 @@ BO_ 260 MB: 8 X
  SG_ BASE : 8|8@1+ (1,0) [0|255] "" X
  SG_ X0 m0 : 16|8@1+ (1,0) [0|255] "" X
  SG_ X1 m1 : 16|8@1+ (1,0) [0|255] "" X
+BO_ 261 MW: 8 X
+ SG_ SW M : 0|2@1+ (1,0) [0|3] "" X
+ SG_ W12 m1 : 8|8@1+ (1,0) [0|255] "" X
+ SG_ W3 m3 : 16|8@1+ (1,0) [0|255] "" X
 VAL_ 256 G 0 "P" 1 "R" 2 "N" 3 "D" 7 "SNA" ;
 SIG_VALTYPE_ 257 FL : 1;
+SG_MUL_VAL_ 261 W12 SW 1-2;
+SG_MUL_VAL_ 261 W3 SW 3-3;
 """
 DBC_B = """VERSION ""
 NS_ :
@@ -87,15 +93,26 @@ SIGNALS = """signals:
   - {path: Test.MB.BASE, source: BASE}
   - {path: Test.MB.X0, source: X0}
   - {path: Test.MB.X1, source: X1}
+  - {path: Test.MW.W12, source: W12}
+  - {path: Test.MW.W3, source: W3}
   - {path: Test.Comp, compute: Test.M1.B + Test.M3.H}
   - {path: Test.Comp2, compute: Test.M1.D * 2}
   - {path: Test.CompMux, compute: Test.MX.P0 - Test.MX.P1}
 vss: {unknown_paths: warn}
 """
-# Two multiplexed ids: MX (mapped signals in branches only: skipped per selector value) and
-# MB (a mapped base signal: decoded every time).
-KEYS = [("a", 0x100), ("a", 0x101), ("b", 0x102), ("b", 0x100), ("b", 0x103), ("a", 0x104)]
-LENGTH = {0x100: 8, 0x101: 8, 0x102: 4, 0x103: 8, 0x104: 8}
+# Three multiplexed ids: MX (mapped signals in branches only: skipped per selector value), MB
+# (a mapped base signal) and MW (a signal in two branches, extended multiplexing): decoded
+# every time.
+KEYS = [
+    ("a", 0x100),
+    ("a", 0x101),
+    ("b", 0x102),
+    ("b", 0x100),
+    ("b", 0x103),
+    ("a", 0x104),
+    ("a", 0x105),
+]
+LENGTH = {0x100: 8, 0x101: 8, 0x102: 4, 0x103: 8, 0x104: 8, 0x105: 8}
 SHAPES = ["same", "same", "same", "same", "short", "pad12", "pad64", "long8"]
 STEPS = [0.0, 0.0, 1e-9, 1e-7, 0.001, 0.01, 0.01, 0.05, 0.1, 0.3, 0.5, 1.0, -0.5, -5.0]
 
@@ -216,6 +233,8 @@ PATH_NAMES = [
     "Test.MB.BASE",
     "Test.MB.X0",
     "Test.MB.X1",
+    "Test.MW.W12",
+    "Test.MW.W3",
     "Test.Comp",
     "Test.Comp2",
     "Test.CompMux",
@@ -253,6 +272,25 @@ def test_random_streams_are_published_as_decoding_every_frame_does(
     vehicle: dbc.Vehicle, events: list[tuple[Any, ...]], seed: int, batch: int
 ) -> None:
     run_both(vehicle, events, seed, batch)
+
+
+def test_a_signal_of_two_branches_is_published_as_each_branch_carries_it(
+    vehicle: dbc.Vehicle,
+) -> None:
+    """Extended multiplexing: W12 rides on the frames of selector values 1 and 2. Each
+    branch's frames repeat, but the path's value alternates with the branch, and every
+    alternation is published (no policy set: every change)."""
+    payloads = {1: bytes([1, 5, 0, 0, 0, 0, 0, 0]), 2: bytes([2, 7, 0, 0, 0, 0, 0, 0])}
+    records = {"one": Records(), "many": Records()}
+    built = {way: recording_pipeline(vehicle, records[way], 1) for way in records}
+    per_frame, per_read = built["one"].receiver_for("a"), built["many"].frames_receiver_for("a")
+    for i in range(40):
+        frame = (0x105, payloads[1 + i % 2], 1.7e9 + i * 0.1)
+        per_frame(Frame(*frame))
+        per_read([frame])
+    published = records["many"].by_path["Test.MW.W12"]
+    assert published == records["one"].by_path["Test.MW.W12"]
+    assert [value for _, value in published] == [5, 7] * 20
 
 
 def _timeline(seed: int) -> list[tuple[Any, ...]]:
