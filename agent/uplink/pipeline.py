@@ -155,6 +155,7 @@ class Pipeline:
                 repeats.reset()
             samples: list[Sample] = []
             touched: set[Repeat] = set()
+            held_back: list[Repeat] = []  # ids whose held-back values are to be caught up
             skipped = skipped_samples = 0
             for key, data, ts in frames:
                 entry = repeat_of(key)
@@ -172,21 +173,41 @@ class Pipeline:
                     decode(key, data, ts, samples)
                 else:
                     emit = -1  # every signal's sample
+                    held = 0
                     if len(data) == repeat.length and repeat.bits >= 0:
-                        if bits == repeat.bits and repeat.dirty and repeat.hopeful:
-                            # Its id was decoded earlier in this read: the policies see the
-                            # samples so far, so that this repeat can be judged (the other
-                            # ids decoded so far are renewed at the end of the read).
+                        if (
+                            repeat.dirty
+                            and repeat.hopeful
+                            and not (bits ^ repeat.bits) & repeat.firm
+                        ):
+                            # Its id was decoded earlier in this read, and this frame repeats
+                            # it (but for signals that may be held back): the policies see
+                            # the samples so far, so that it can be judged (the other ids
+                            # decoded so far are renewed at the end of the read).
                             if samples:
                                 batch.extend(select(samples))
                                 samples = []
+                            if repeat.stale >= 0:
+                                repeats.catch_up(repeat)
                             repeats.renew((repeat,))
                             touched.discard(repeat)
                         if repeat.floor <= ts < repeat.due:
                             # The signals that moved, now or earlier in this read (their
                             # policies are not worked out again yet); the others would not
-                            # be published before `due`.
-                            emit = (bits ^ repeat.bits) | repeat.dirty
+                            # be published before `due`. Of those that moved, the ones
+                            # that no policy would publish before `quiet_until` are held
+                            # back, their values caught up at the end of the read.
+                            moved = bits ^ repeat.bits
+                            if ts < repeat.quiet_until:
+                                held = moved & repeat.quiet & ~repeat.dirty
+                            if held:
+                                moved ^= held
+                                if repeat.stale < 0:
+                                    held_back.append(repeat)
+                                repeat.stale = bits
+                            elif repeat.stale >= 0:
+                                repeat.stale = -1  # they are back to what `bits` holds
+                            emit = moved | repeat.dirty
                             if seen_at is not None:
                                 for path, mask in repeat.inputs:
                                     if not emit & mask:
@@ -195,12 +216,15 @@ class Pipeline:
                                 skipped += 1
                                 skipped_samples += repeat.count
                                 continue
+                    if emit == -1 and repeat.stale >= 0:
+                        repeat.stale = -1  # every value given: nothing held back to catch up
                     start = len(samples)
                     complete = decode_changed(key, data, ts, samples, emit, bits, repeat.branch)
                     repeat.dirty |= emit
                     repeat.length = len(data)
-                    # A short frame or a dropped value: the next one is decoded in full.
-                    repeat.bits = bits if complete else -1
+                    # A short frame or a dropped value: the next one is decoded in full. A
+                    # held-back signal keeps the bits last given, so that its move shows.
+                    repeat.bits = bits ^ held if complete else -1
                     touched.add(repeat)
                 if feed is not None and key in feed_keys:
                     decoded = len(samples)
@@ -213,6 +237,10 @@ class Pipeline:
                 decoder.stats.samples += skipped_samples  # as if given again
             if samples:
                 batch.extend(select(samples))
+            for repeat in held_back:  # after select: the newest values are the held ones
+                if repeat.stale >= 0:
+                    repeats.catch_up(repeat)
+                    touched.add(repeat)
             if len(batch) >= limit:  # samples may have gone in mid-read, too
                 self.flush(whole_only=True)
             if touched:

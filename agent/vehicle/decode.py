@@ -326,14 +326,16 @@ def _nested(message: Message, signal: Signal) -> bool:
 @dataclass(frozen=True, slots=True)
 class SkipUnit:
     """What a frame that repeats is judged on (Decoder.repeat_masks): the bits its plan
-    reads, its byte length, its paths, each output's (path, bits), and for a multiplexed
-    id the selector value of the branch."""
+    reads, its byte length, its paths, each output's (path, bits), for a multiplexed id
+    the selector value of the branch, and the paths whose value no raw value can drop
+    (a whole-number or exact decimal conversion with no bound to cross: `steady`)."""
 
     mask: int
     length: int
     paths: tuple[str, ...]
     outputs: tuple[tuple[str, int], ...]
     branch: int | None
+    steady: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +357,11 @@ def _entries(outs: _Outputs) -> list[tuple[Any, ...]]:
 def _unit(plan: _Plan, branch: int | None) -> SkipUnit:
     outputs = tuple((entry[1], entry[0]) for entry in _entries(plan.outs))
     paths = tuple(sorted({path for path, _ in outputs}))
-    return SkipUnit(plan.mask, plan.length, paths, outputs, branch)
+    unbounded = (-math.inf, math.inf)
+    steady = frozenset(e[1] for e in plan.outs.ints if e[-2:] == unbounded) | frozenset(
+        e[1] for e in plan.outs.exact if e[-2:] == unbounded
+    )
+    return SkipUnit(plan.mask, plan.length, paths, outputs, branch, steady)
 
 
 class Decoder:
@@ -546,6 +552,20 @@ class Decoder:
         if changed != -1:
             stats.samples += plan.entries - (len(out) - before) - dropped
         return not dropped
+
+    def values_of(self, key: int, bits: int, changed: int, branch: int | None) -> list[Sample]:
+        """The samples of the signals whose bits meet `changed`, from a frame's masked bits,
+        counting nothing: the values the live path held back from the sampler while their
+        policies could publish none of them (agent.vehicle.repeats), caught up."""
+        out: list[Sample] = []
+        counted = self.stats
+        self.stats = DecodeStats()
+        try:
+            data = bits.to_bytes(self._plans[key].length, "little")
+            self.decode_changed(key, data, 0.0, out, changed, bits, branch)
+        finally:
+            self.stats = counted
+        return out
 
     def _emit(
         self, outs: _Outputs, raw: Any, ts: float, out: list[Sample], changed: int = -1

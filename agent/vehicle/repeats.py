@@ -6,7 +6,7 @@ and while no policy of its paths is due it publishes nothing and changes nothing
 reads. The live path (Pipeline.frames_receiver_for) therefore compares each frame, under a
 mask of the bits its decode plan reads, with the last frame of its id that was decoded, and
 skips it when the bits are equal and its time is before the earliest moment a policy would
-publish one of its paths (Sampler.due). A frame whose bits moved gives the samples of the
+publish one of its paths (Sampler.timing). A frame whose bits moved gives the samples of the
 signals that moved; until the read's samples have been through the policies and the moment
 is worked out again (`renew`), those signals are given with every frame of the id (`dirty`:
 their policies may have moved the moment), while the others are still left out. Skipped
@@ -22,6 +22,16 @@ What a skip leaves out, and why that is safe:
 
 A plan that dropped a value (a sentinel, out of range) is not skipped until it decodes a
 frame in full again, since a skip could not count the drop.
+
+Held back: a signal whose bits moved is still left out while its path's `min_interval_ms`
+since the last publish runs (`Sampler.timing`): whatever its value, no policy publishes
+it before then (a speed that moves with every frame, published twice a second at most, is
+decoded twice a second, not a hundred times). Only signals that cannot drop a value (a whole
+or exact decimal conversion with no bound to cross: `SkipUnit.steady`) and that no computed
+path reads. Their bits stay the last ones given in `bits`, so that once the interval is over
+any move shows; the sampler's latest value of their paths is caught up from the id's newest
+frame at the end of the read (and before a renewal), so that no one reading it, and no
+`due`, sees an older value than decoding every frame would leave.
 
 A multiplexed id (a TPMS frame taking each wheel in turn, a BMS frame carrying a few cells at a
 time) keeps one state per selector value (`MuxRepeat`): frames of one wheel are compared with
@@ -54,15 +64,24 @@ class Repeat:
         "count",
         "dirty",
         "due",
+        "firm",
         "floor",
+        "holdable",
         "hopeful",
         "inputs",
+        "key",
         "length",
         "mask",
+        "path_bits",
         "paths",
+        "quiet",
+        "quiet_until",
+        "stale",
+        "timing",
     )
 
-    def __init__(self, unit: SkipUnit, inputs: frozenset[str]) -> None:
+    def __init__(self, key: int, unit: SkipUnit, inputs: frozenset[str]) -> None:
+        self.key = key
         self.mask = unit.mask
         self.paths = unit.paths
         self.branch = unit.branch  # the selector value, for a multiplexed id
@@ -80,6 +99,39 @@ class Repeat:
         # False when the last renewal found no time a repeat could be skipped in (a path
         # published at every value): such an id is not worth renewing in the middle of a read.
         self.hopeful = True
+        # (bits, paths) of each signal that may be held back: all its paths steady, none
+        # read by a computed path.
+        by_bits: dict[int, set[str]] = {}
+        bits_of: dict[str, int] = {}
+        for path, bits in unit.outputs:
+            by_bits.setdefault(bits, set()).add(path)
+            bits_of[path] = bits_of.get(path, 0) | bits
+        # Each path's bits, and its (due, published, held until) from the sampler as of the
+        # last renewal: worked out again only for the paths whose signals were given since
+        # (nothing else moves a path's value or its last publish), -1 in `dirty` for all.
+        self.path_bits = tuple(bits_of[path] for path in self.paths)
+        self.timing = [(-math.inf, -math.inf, -math.inf)] * len(self.paths)
+        self.dirty = -1
+
+        def alone(bits: int) -> bool:  # no other signal reads these bits (strict: false)
+            return not any(bits & other for other in by_bits if other != bits)
+
+        index = {path: i for i, path in enumerate(self.paths)}
+        self.holdable = tuple(
+            (bits, tuple(index[path] for path in sorted(paths)))
+            for bits, paths in by_bits.items()
+            if paths <= unit.steady and not paths & inputs and alone(bits)
+        )
+        # The bits of the signals never held back: a frame whose other bits moved is a
+        # repeat but for what may be held back, worth renewing for mid-read.
+        self.firm = self.mask
+        for bits, _ in self.holdable:
+            self.firm &= ~bits
+        self.quiet = 0  # the bits of the signals held back until `quiet_until`
+        self.quiet_until = -math.inf
+        # The masked bits of the id's newest frame when its held-back signals moved in it
+        # (their values to catch up in the sampler); -1: nothing to catch up.
+        self.stale = -1
 
 
 class MuxRepeat:
@@ -87,10 +139,10 @@ class MuxRepeat:
 
     __slots__ = ("branches", "mask", "selector")
 
-    def __init__(self, units: MuxUnits, inputs: frozenset[str]) -> None:
+    def __init__(self, key: int, units: MuxUnits, inputs: frozenset[str]) -> None:
         self.mask = units.mask
         self.selector = units.selector
-        self.branches = {value: Repeat(unit, inputs) for value, unit in units.branches.items()}
+        self.branches = {value: Repeat(key, unit, inputs) for value, unit in units.branches.items()}
 
 
 class Repeats:
@@ -112,23 +164,54 @@ class Repeats:
         self.by_key.clear()
         for key, unit in self._decoder.repeat_masks().items():
             if isinstance(unit, MuxUnits):
-                self.by_key[key] = MuxRepeat(unit, self._inputs)
+                self.by_key[key] = MuxRepeat(key, unit, self._inputs)
             else:
-                self.by_key[key] = Repeat(unit, self._inputs)
+                self.by_key[key] = Repeat(key, unit, self._inputs)
         self.version = self._sampler.rules_version
+
+    def catch_up(self, repeat: Repeat) -> None:
+        """Give the sampler the values of the signals `repeat` held back, as its newest
+        frame carries them, and take its bits as theirs."""
+        stale, repeat.stale = repeat.stale, -1
+        values = self._sampler.values
+        for path, _ts, value in self._decoder.values_of(
+            repeat.key, stale, repeat.quiet, repeat.branch
+        ):
+            values[path] = value
+        if repeat.bits >= 0:
+            repeat.bits = (repeat.bits & ~repeat.quiet) | (stale & repeat.quiet)
+        repeat.dirty |= repeat.quiet  # their timing, worked out again at the renewal
 
     def renew(self, touched: Iterable[Repeat]) -> None:
         """Work out again, after the policies have seen a read's samples, from when the
-        ids decoded in it may be skipped and until when."""
-        due_of = self._sampler.due
+        ids decoded in it may be skipped and until when, and which signals are held back
+        until when."""
+        timing_of = self._sampler.timing
         for repeat in touched:
-            repeat.dirty = 0
             if repeat.bits < 0:
+                repeat.dirty = -1  # all to work out once a frame is decoded in full
                 repeat.due = -math.inf
+                repeat.quiet, repeat.quiet_until = 0, -math.inf
                 continue
-            due, newest = due_of(repeat.paths)
+            dirty, repeat.dirty = repeat.dirty, 0
+            timing = repeat.timing
+            for i, bits in enumerate(repeat.path_bits):
+                if dirty & bits:
+                    timing[i] = timing_of(repeat.paths[i])
+            due = min(t[0] for t in timing)
+            newest = max(t[1] for t in timing)
             repeat.floor = newest
             if math.isfinite(due):
                 due -= _MARGIN_S + abs(due) * _MARGIN_RELATIVE
             repeat.due = due
             repeat.hopeful = due > newest
+            quiet, until = 0, math.inf
+            for bits, indexes in repeat.holdable:
+                # select() holds a sample back while `ts - published < min_interval`.
+                held = min(timing[i][2] for i in indexes)
+                held -= _MARGIN_S + abs(held) * _MARGIN_RELATIVE
+                if held > newest:
+                    quiet |= bits
+                    until = min(until, held)
+            repeat.quiet = quiet
+            repeat.quiet_until = until if quiet else -math.inf

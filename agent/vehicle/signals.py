@@ -12,7 +12,7 @@ speed is sampled exactly as the car was. Per path:
 The first value of a path is always published. If time runs backwards (a log spliced from two
 recordings, a bus whose clock was reset) the interval is taken as elapsed rather than stalling.
 
-`due` says from when a path whose value stays as it is would next be published: what lets the
+`timing` says from when a path whose value stays as it is would next be published: what lets the
 live path skip frames that repeat the last one (agent.vehicle.repeats).
 """
 
@@ -71,30 +71,24 @@ class Sampler:
         self._rules = _rules(policies)
         self.rules_version += 1
 
-    def due(self, paths: Iterable[str]) -> tuple[float, float]:
-        """For paths whose values stay what they last were: (the earliest frame time at which
-        `select` would publish one of them, the newest time one was published). -inf when a
-        path has no rule or nothing published yet (every sample is looked at)."""
-        due = _FOREVER
-        newest = -_FOREVER
-        published = self._published
-        rules = self._rules
-        values = self.values
-        for path in paths:
-            last = published.get(path)
-            rule = rules.get(path)
-            if last is None or rule is None or path not in values:
-                return -_FOREVER, newest
-            min_s, max_s, deadband, on_change = rule
-            # on_change: a value unlike the published one; otherwise every value, limited by
-            # min_s, unless there is a heartbeat (then only the heartbeat).
-            publishes = changed(values[path], last[2], deadband) if on_change else max_s == _FOREVER
-            at = last[1] + (min_s if publishes or max_s < min_s else max_s)
-            if at < due:
-                due = at
-            if last[1] > newest:
-                newest = last[1]
-        return due, newest
+    def timing(self, path: str) -> tuple[float, float, float]:
+        """For a path whose value stays what it last was: (the earliest frame time at which
+        `select` would publish it, the time it was last published, the time before which
+        no sample of it is published whatever its value: `min_interval_ms` after the last
+        one). -inf for a path with no rule or nothing published yet (every sample is looked
+        at; nothing held back)."""
+        last = self._published.get(path)
+        rule = self._rules.get(path)
+        if last is None or rule is None or path not in self.values:
+            never = -_FOREVER
+            return never, last[1] if last is not None else never, never
+        min_s, max_s, deadband, on_change = rule
+        # on_change: a value unlike the published one; otherwise every value, limited by
+        # min_s, unless there is a heartbeat (then only the heartbeat).
+        publishes = (
+            changed(self.values[path], last[2], deadband) if on_change else max_s == _FOREVER
+        )
+        return last[1] + (min_s if publishes or max_s < min_s else max_s), last[1], last[1] + min_s
 
     def offer(self, sample: Sample) -> bool:
         """Record `sample`; True when its path's policy says publish it."""

@@ -5,6 +5,7 @@ published, counted and remembered is exactly what decoding every frame gives."""
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from pathlib import Path
 
@@ -376,3 +377,106 @@ def test_a_signal_running_past_its_message_is_counted_failed_as_without_the_skip
     stats = built["many"].decoders["a"].stats
     assert stats == built["one"].decoders["a"].stats
     assert stats.failed == len(frames)
+
+
+SPEED = "Vehicle.Speed"  # deadband 0.5, min_interval_ms 500, max_interval_s 60: held back
+GEAR = "Vehicle.Powertrain.Transmission.SelectedGear"  # a table: never held back
+
+
+def _vcu(speed: float, gear: int = 3, counter: int = 0) -> bytes:
+    vehicle, _, _ = _world()
+    message = vehicle.buses["powertrain"].by_name["VCU_Status"]
+    values = {
+        "VCU_VehicleSpeed": speed,
+        "VCU_GearPos": gear,
+        "VCU_ParkLock": 0,
+        "VCU_Ignition": 3,
+        "VCU_Odometer": 12345.6,
+        "VCU_Counter": counter,
+    }
+    return bytes(message.encode(values, scaling=True, strict=False))
+
+
+def _read_by_read(reads: list[list[RawFrame]]) -> tuple[Pipeline, Pipeline, Records, Records]:
+    """Each read through both ways; after each, the sampler's latest values must agree (a
+    held-back value is caught up by the end of its read)."""
+    vehicle, _, _ = _world()
+    one_records, many_records = Records(), Records()
+    one, many = _pipeline(vehicle, one_records, None), _pipeline(vehicle, many_records, None)
+    per_frame, per_read = one.receiver_for("powertrain"), many.frames_receiver_for("powertrain")
+    for read in reads:
+        for key, data, ts in read:
+            per_frame(Frame(key, data, ts))
+        per_read(read)
+        assert many.sampler.values == one.sampler.values
+    one.flush()
+    many.flush()
+    assert many.decoders["powertrain"].stats == one.decoders["powertrain"].stats
+    return one, many, one_records, many_records
+
+
+def test_a_signal_moving_every_frame_is_decoded_when_its_policy_could_publish_it() -> None:
+    """The speed moves with every frame (100 a second, 0.01 km/h each); `min_interval_ms:
+    500` and the 0.5 km/h deadband publish it about twice a second. The frames between are
+    held back, skipped without decoding, and the published speeds, the latest values and
+    the counters are those of decoding every frame."""
+    t0 = 1.7e9
+    frames = [(0x200, _vcu(50.0 + 0.01 * i, counter=i % 16), t0 + 0.01 * i) for i in range(400)]
+    reads = [frames[i : i + 25] for i in range(0, len(frames), 25)]
+    _one, many, one_records, many_records = _read_by_read(reads)
+    assert many_records.by_path == one_records.by_path
+    times = [ts for ts, _ in many_records.by_path[SPEED]]
+    assert len(times) >= 6 and all(b - a >= 0.5 for a, b in itertools.pairwise(times))
+    # Decoded: the first frame, a few after each publish, and the frames due: not 400.
+    decoded_in_full_or_part = 400 - many.stats.frames_repeated
+    assert decoded_in_full_or_part <= 40, decoded_in_full_or_part
+
+
+def test_a_held_back_move_shows_once_the_interval_is_over_even_if_absorbed_elsewhere() -> None:
+    """The speed moves beyond its deadband while held back, in the same frame as the gear (so
+    that frame is decoded, the gear given and the speed not); it then stays. Once the
+    interval is over the speed is published at the next frame, as decoding every frame
+    does, though no frame after the gear change moved its bits."""
+    t0 = 1.7e9
+    reads = [
+        [(0x200, _vcu(50.0), t0)],  # published
+        [(0x200, _vcu(50.2), t0 + 0.1)],  # within the deadband: the heartbeat is next
+        [(0x200, _vcu(50.2), t0 + 0.2 + 0.01 * i) for i in range(5)],  # repeats
+        [(0x200, _vcu(60.0, gear=2), t0 + 0.3)]  # both move; the speed is held back
+        + [(0x200, _vcu(60.0, gear=2), t0 + 0.4 + 0.05 * i) for i in range(6)],
+    ]
+    _, _, one_records, many_records = _read_by_read(reads)
+    assert many_records.by_path == one_records.by_path
+    assert many_records.by_path[SPEED] == [(t0, 50.0), (t0 + 0.5, 60.0)]
+    assert many_records.by_path[GEAR][-1] == (t0 + 0.3, 0)
+
+
+@given(
+    moves=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.01, 0.3, 0.6, -0.6, 5.0]),  # speed change
+            st.booleans(),  # gear change
+            st.sampled_from([0.0, 0.01, 0.01, 0.05, 0.2, 0.49, 0.5, 0.51, 1.0, -0.3, 61.0]),
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    read_size=st.integers(1, 30),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_held_back_signals_publish_and_remember_what_decoding_every_frame_does(
+    moves: list[tuple[float, bool, float]], read_size: int
+) -> None:
+    """Any speeds, gear changes and time steps (backwards too), in reads of any size: the
+    same publishes, the same latest values after every read, the same counters."""
+    t0, speed, gear = 1.7e9, 50.0, 3
+    frames: list[RawFrame] = []
+    ts = t0
+    for index, (delta, shift, step) in enumerate(moves):
+        speed = min(max(speed + delta, 0.0), 300.0)
+        gear = (gear + 1) % 4 if shift else gear
+        ts += step
+        frames.append((0x200, _vcu(speed, gear, index % 16), ts))
+    reads = [frames[i : i + read_size] for i in range(0, len(frames), read_size)]
+    _, _, one_records, many_records = _read_by_read(reads)
+    assert many_records.by_path == one_records.by_path
