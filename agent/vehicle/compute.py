@@ -19,6 +19,8 @@ from agent.expr import Expression, parse_arithmetic
 from agent.vehicle.model import Sample, Value
 from agent.vehicle.vsscheck import PathType
 
+_new = tuple.__new__  # a Sample without NamedTuple's __new__: the live path makes many
+
 
 @dataclass(slots=True)
 class ComputeStats:
@@ -32,6 +34,21 @@ class _Computed:
     path: str
     expression: Expression
     ptype: PathType
+    # Worked out once from the above for the live path, which evaluates at every change.
+    paths: tuple[str, ...] = ()
+    low: float = -math.inf
+    high: float = math.inf
+
+    @classmethod
+    def of(cls, path: str, expression: Expression, ptype: PathType) -> _Computed:
+        return cls(
+            path,
+            expression,
+            ptype,
+            tuple(sorted(expression.paths)),
+            -math.inf if ptype.low is None else ptype.low,
+            math.inf if ptype.high is None else ptype.high,
+        )
 
 
 class Computer:
@@ -42,7 +59,7 @@ class Computer:
         for sig in signals:
             if sig.compute is None:
                 continue
-            computed = _Computed(
+            computed = _Computed.of(
                 sig.path, parse_arithmetic(sig.compute), types.get(sig.path) or PathType("float")
             )
             for path in computed.expression.paths:
@@ -100,12 +117,10 @@ class Computer:
             result = round(float(value), ptype.decimals)
         else:
             result = float(value)
-        low = -math.inf if ptype.low is None else ptype.low
-        high = math.inf if ptype.high is None else ptype.high
-        if not low <= result <= high:
+        if not computed.low <= result <= computed.high:
             self.stats.out_of_range += 1
             return None
         self.stats.computed += 1
         times = self.seen_at
-        ts = max([times[p] for p in computed.expression.paths])
-        return Sample(computed.path, ts, result)
+        ts = max([times[p] for p in computed.paths])
+        return _new(Sample, (computed.path, ts, result))

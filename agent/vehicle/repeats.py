@@ -64,8 +64,10 @@ class Repeat:
         "count",
         "dirty",
         "due",
+        "dues",
         "firm",
         "floor",
+        "helds",
         "holdable",
         "hopeful",
         "inputs",
@@ -74,10 +76,10 @@ class Repeat:
         "mask",
         "path_bits",
         "paths",
+        "published",
         "quiet",
         "quiet_until",
         "stale",
-        "timing",
     )
 
     def __init__(self, key: int, unit: SkipUnit, inputs: frozenset[str]) -> None:
@@ -106,11 +108,14 @@ class Repeat:
         for path, bits in unit.outputs:
             by_bits.setdefault(bits, set()).add(path)
             bits_of[path] = bits_of.get(path, 0) | bits
-        # Each path's bits, and its (due, published, held until) from the sampler as of the
-        # last renewal: worked out again only for the paths whose signals were given since
-        # (nothing else moves a path's value or its last publish), -1 in `dirty` for all.
+        # Each path's bits, and its due time, last publish and held-until time from the
+        # sampler (Sampler.timing) as of the last renewal: worked out again only for the
+        # paths whose signals were given since (nothing else moves a path's value or its
+        # last publish), -1 in `dirty` for all.
         self.path_bits = tuple(bits_of[path] for path in self.paths)
-        self.timing = [(-math.inf, -math.inf, -math.inf)] * len(self.paths)
+        self.dues = [-math.inf] * len(self.paths)
+        self.published = [-math.inf] * len(self.paths)
+        self.helds = [-math.inf] * len(self.paths)
         self.dirty = -1
 
         def alone(bits: int) -> bool:  # no other signal reads these bits (strict: false)
@@ -194,12 +199,12 @@ class Repeats:
                 repeat.quiet, repeat.quiet_until = 0, -math.inf
                 continue
             dirty, repeat.dirty = repeat.dirty, 0
-            timing = repeat.timing
+            dues, published, helds = repeat.dues, repeat.published, repeat.helds
             for i, bits in enumerate(repeat.path_bits):
                 if dirty & bits:
-                    timing[i] = timing_of(repeat.paths[i])
-            due = min(t[0] for t in timing)
-            newest = max(t[1] for t in timing)
+                    dues[i], published[i], helds[i] = timing_of(repeat.paths[i])
+            due = min(dues)
+            newest = max(published)
             repeat.floor = newest
             if math.isfinite(due):
                 due -= _MARGIN_S + abs(due) * _MARGIN_RELATIVE
@@ -208,7 +213,7 @@ class Repeats:
             quiet, until = 0, math.inf
             for bits, indexes in repeat.holdable:
                 # select() holds a sample back while `ts - published < min_interval`.
-                held = min(timing[i][2] for i in indexes)
+                held = min([helds[i] for i in indexes])
                 held -= _MARGIN_S + abs(held) * _MARGIN_RELATIVE
                 if held > newest:
                     quiet |= bits
