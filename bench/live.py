@@ -15,6 +15,7 @@ between minutes. CPU is the process's own (user + system, getrusage), never wall
 
     .venv/bin/python bench/live.py                       # 1k, 3k, 6k, 12k frames/s, 5 s a run
     .venv/bin/python bench/live.py --reader python-can   # the receive path before issue 14
+    .venv/bin/python bench/live.py --reader recvmmsg     # the read in Python, not in C
     tests/vcan/run.sh -- .venv/bin/python bench/live.py --vcan    # inside User-Mode Linux
 """
 

@@ -217,7 +217,9 @@ class Pipeline:
                                 skipped_samples += repeat.count
                                 continue
                     if emit == -1 and repeat.stale >= 0:
-                        repeat.stale = -1  # every value given: nothing held back to catch up
+                        # Caught up now: a full decode gives newer values after these, and
+                        # a short frame gives none at all.
+                        repeats.catch_up(repeat)
                     start = len(samples)
                     complete = decode_changed(key, data, ts, samples, emit, bits, repeat.branch)
                     repeat.dirty |= emit

@@ -112,12 +112,13 @@ static long long drops_of(int i) {
 }
 
 PyDoc_STRVAR(read_frames_doc,
-             "read_frames(fd, limit) -> (frames, drained, drops, short)\n\n"
-             "Up to `limit` frames from the non-blocking socket `fd`, oldest first, as\n"
+             "read_frames(fd, limit) -> (frames, drained, drops, short, error)\n\n"
+             "Up to `limit` datagrams from the non-blocking socket `fd`, oldest first, as\n"
              "(key, data, timestamp) tuples; `drained`: the socket would block now; `drops`:\n"
              "the newest SO_RXQ_OVFL count seen, or -1; `short`: datagrams shorter than a\n"
-             "frame header, left out. OSError for anything but 'would block', unless\n"
-             "frames were read first: those are returned and the error comes next call.");
+             "frame header, left out; `error`: the errno that ended the read after frames\n"
+             "were read (a socket reports some errors once: the caller keeps it), else 0.\n"
+             "OSError when the error comes before any frame.");
 
 static PyObject *read_frames(PyObject *module, PyObject *args) {
     int fd;
@@ -129,8 +130,10 @@ static PyObject *read_frames(PyObject *module, PyObject *args) {
     long long drops = -1;
     long short_frames = 0;
     int drained = 0;
-    while (PyList_GET_SIZE(out) < limit) {
-        Py_ssize_t want = limit - PyList_GET_SIZE(out);
+    int error = 0;
+    Py_ssize_t taken = 0; /* datagrams, short ones too: a stream of empty ones must end */
+    while (taken < limit) {
+        Py_ssize_t want = limit - taken;
         if (want > BATCH) want = BATCH;
         for (Py_ssize_t i = 0; i < want; i++) {
             iovs[i].iov_base = frames_buf[i];
@@ -142,16 +145,22 @@ static PyObject *read_frames(PyObject *module, PyObject *args) {
             msgs[i].msg_hdr.msg_controllen = CONTROL;
         }
         int got = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT, NULL);
+        int code = errno; /* before anything else can touch it */
         if (got < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (code == EINTR) continue;
+            if (code == EAGAIN || code == EWOULDBLOCK) {
                 drained = 1;
                 break;
             }
-            if (PyList_GET_SIZE(out) > 0) break; /* keep what was read; the error recurs */
+            if (taken > 0) { /* keep what was read; the caller raises the error next */
+                error = code;
+                break;
+            }
             Py_DECREF(out);
+            errno = code;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
+        taken += got;
         for (int i = 0; i < got; i++) {
             if (msgs[i].msg_len < HEADER) { /* not a CAN frame (a socket pair carries any) */
                 short_frames++;
@@ -175,7 +184,7 @@ static PyObject *read_frames(PyObject *module, PyObject *args) {
             break;
         }
     }
-    return Py_BuildValue("NNLl", out, PyBool_FromLong(drained), drops, short_frames);
+    return Py_BuildValue("NNLli", out, PyBool_FromLong(drained), drops, short_frames, error);
 }
 
 static PyMethodDef methods[] = {

@@ -46,7 +46,7 @@ from agent.vehicle.frames import (
 from agent.vehicle.model import RawFrame
 
 
-def _native() -> Callable[[int, int], tuple[list[RawFrame], bool, int, int]] | None:
+def _native() -> Callable[[int, int], tuple[list[RawFrame], bool, int, int, int]] | None:
     try:
         from agent.vehicle._canread import read_frames
     except ImportError:  # not built (no C compiler where it was installed): ctypes instead
@@ -133,6 +133,9 @@ class FrameReader:
         self.drops = 0  # the kernel's count of frames this socket lost (receive queue full)
         self.drained = True  # the last read() emptied the socket
         self.short = 0  # datagrams too short to be a frame, left out (see the module's doc)
+        # An error that ended a read after frames were read: raised by the next read (a
+        # socket reports some only once: an interface gone down, a USB adapter pulled).
+        self._pending: OSError | None = None
         self._fd = sock.fileno()
         self._buffer = ctypes.create_string_buffer(_SLOT * BATCH)
         self._view = memoryview(self._buffer).cast("B")
@@ -151,16 +154,21 @@ class FrameReader:
         self._pristine = bytes(self._msgs)
 
     def read(self, limit: int) -> list[RawFrame]:
-        """Up to `limit` frames, oldest first; `drained` tells whether the socket is empty.
-        OSError for anything but "would block" (an interface gone down, for instance),
-        unless frames were read before it: those are returned, and the error comes again
-        with the next read."""
+        """Up to `limit` datagrams' frames, oldest first; `drained` tells whether the socket
+        is empty. OSError for anything but "would block" (an interface gone down, for
+        instance), unless frames were read before it: those are returned, and the error is
+        raised by the next read."""
+        if self._pending is not None:
+            error, self._pending = self._pending, None
+            raise error
         if self.method == "native":
             assert _native_read is not None
-            frames, self.drained, drops, short = _native_read(self._fd, limit)
+            frames, self.drained, drops, short, code = _native_read(self._fd, limit)
             if drops >= 0:
                 self.drops = drops
             self.short += short
+            if code:
+                self._pending = OSError(code, os.strerror(code))
             return frames
         if self.method == "recvmsg":
             return self._read_recvmsg(limit)
@@ -177,8 +185,9 @@ class FrameReader:
         lengths_of = _MSG_LEN.iter_unpack
         eff = CAN_EFF_FLAG
         sff = SFF_KEY_MASK
-        while len(out) < limit:
-            want = min(BATCH, limit - len(out))
+        taken = 0  # datagrams, short ones too: a stream of empty ones must end
+        while taken < limit:
+            want = min(BATCH, limit - taken)
             ctypes.memmove(address, pristine, len(pristine))
             got = _RECVMMSG(self._fd, address, want, socket.MSG_DONTWAIT, None)
             if got < 0:
@@ -188,9 +197,11 @@ class FrameReader:
                 if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                     self.drained = True
                     return out
-                if out:
-                    break  # what was read is kept; the error comes again next read
+                if taken:  # what was read is kept; the next read raises the error
+                    self._pending = OSError(code, os.strerror(code))
+                    break
                 raise OSError(code, os.strerror(code))
+            taken += got
             raw = view[: got * _SLOT].tobytes()
             received = [n for (n,) in lengths_of(headers[: got * ctypes.sizeof(_MMsgHdr)])]
             # One comprehension over the slots: per frame a key, the data bytes and the
@@ -231,7 +242,8 @@ class FrameReader:
         recvmsg = self.sock.recvmsg
         space = _CONTROL
         last: list[tuple[int, int, bytes]] | None = None
-        while len(out) < limit:
+        taken = 0  # datagrams, short ones too: a stream of empty ones must end
+        while taken < limit:
             try:
                 frame, ancillary, _flags, _address = recvmsg(CANFD_MTU, space, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -239,11 +251,13 @@ class FrameReader:
                 break
             except InterruptedError:
                 continue
-            except OSError:
-                if out:
-                    self.drained = False
-                    return out  # kept; the error comes again next read
-                raise
+            except OSError as exc:
+                if not taken:
+                    raise
+                self._pending = exc  # what was read is kept; the next read raises this
+                self.drained = False
+                break
+            taken += 1
             last = ancillary
             if len(frame) < _HEADER:
                 self.short += 1

@@ -480,3 +480,18 @@ def test_held_back_signals_publish_and_remember_what_decoding_every_frame_does(
     reads = [frames[i : i + read_size] for i in range(0, len(frames), read_size)]
     _, _, one_records, many_records = _read_by_read(reads)
     assert many_records.by_path == one_records.by_path
+
+
+def test_a_short_frame_after_a_held_back_move_keeps_the_moved_value() -> None:
+    """The speed moves while held back, then a truncated frame of the same id arrives in the
+    same read (counted short, no value): the sampler's latest speed is the moved one, as
+    decoding every frame leaves it, not the one before."""
+    t0 = 1.7e9
+    reads = [
+        [(0x200, _vcu(50.0), t0)],
+        [(0x200, _vcu(50.0), t0 + 0.05)],
+        [(0x200, _vcu(70.0), t0 + 0.1), (0x200, _vcu(70.0)[:5], t0 + 0.15)],
+    ]
+    one, many, _, _ = _read_by_read(reads)
+    assert many.sampler.values[SPEED] == one.sampler.values[SPEED] == 70.0
+    assert many.decoders["powertrain"].stats.short == 1

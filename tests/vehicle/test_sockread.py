@@ -6,12 +6,17 @@ socket's drop counter taken from the ancillary data. The real counter is checked
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 import can
 import pytest
@@ -38,7 +43,7 @@ from agent.vehicle.frames import (
 )
 from agent.vehicle.model import Frame, Sample
 from agent.vehicle.sockread import _CONTROL, _SLOT, BATCH, FrameReader, available_methods
-from tests.support.configs import CONFIG_DIR
+from tests.support.configs import CONFIG_DIR, ROOT
 
 METHODS = list(available_methods())
 
@@ -317,3 +322,99 @@ def test_decode_raw_counts_and_decodes_as_decode_into(can_id: int, data: bytes) 
         decoder.decode_raw(key_of(can_id), frame.data, 12.5, by_key)
         assert by_key == by_frame
         assert decoder.stats == stats_by_frame
+
+
+# An LD_PRELOAD library: on the Nth receive call on fd $AT_FD it first sends one byte on
+# that fd, a connected UDP socket whose peer is closed, so the kernel sets the socket's error
+# (ECONNREFUSED) between two calls of one read, as a CAN socket gets ENETDOWN when its
+# interface goes down.
+_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static int calls;
+static void maybe_fail(int fd) {
+    const char *on = getenv("AT_FD"), *nth = getenv("AT_CALL");
+    if (on && nth && atoi(on) == fd && ++calls == atoi(nth)) {
+        send(fd, "x", 1, 0);
+        usleep(20000);
+    }
+}
+int recvmmsg(int fd, struct mmsghdr *m, unsigned int n, int flags, struct timespec *t) {
+    static int (*real)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+    if (!real) real = dlsym(RTLD_NEXT, "recvmmsg");
+    maybe_fail(fd);
+    return real(fd, m, n, flags, t);
+}
+ssize_t recvmsg(int fd, struct msghdr *m, int flags) {
+    static ssize_t (*real)(int, struct msghdr *, int);
+    if (!real) real = dlsym(RTLD_NEXT, "recvmsg");
+    maybe_fail(fd);
+    return real(fd, m, flags);
+}
+"""
+
+_ERROR_RUN = """
+import json, os, socket, struct, sys
+from agent.vehicle.sockread import BATCH, FrameReader
+method = sys.argv[1]
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+peer.bind(("127.0.0.1", 0))
+rx.connect(peer.getsockname())
+for i in range(100):
+    peer.sendto(struct.pack("=IB3x", 0x100, 4) + struct.pack("<I", i) + bytes(4), rx.getsockname())
+peer.close()
+os.environ["AT_FD"] = str(rx.fileno())
+os.environ["AT_CALL"] = "2" if method != "recvmsg" else str(BATCH + 1)
+reader = FrameReader(rx, method=method)
+reads = []
+for _ in range(4):
+    try:
+        frames = reader.read(1000)
+        reads.append([struct.unpack("<I", data[:4])[0] for _, data, _ in frames])
+    except OSError as exc:
+        reads.append(exc.errno)
+print(json.dumps(reads))
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_error_after_frames_is_raised_by_the_next_read(method: str, tmp_path: Path) -> None:
+    """A socket reports some errors once. One that ends a read after frames were read is
+    kept, those frames returned, and the next read raises it; then the frames still queued
+    are read. (Between the kernel's calls by an LD_PRELOAD library: see _SHIM.)"""
+    _needs(method)
+    shim = tmp_path / "shim.so"
+    (tmp_path / "shim.c").write_text(_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", shim, tmp_path / "shim.c", "-ldl"], check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _ERROR_RUN, method],
+        env={**os.environ, "LD_PRELOAD": str(shim)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    first, error, rest, last = json.loads(done.stdout)
+    assert first == list(range(BATCH))
+    assert error == errno.ECONNREFUSED
+    assert rest == list(range(BATCH, 100))
+    assert last == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_stream_of_empty_datagrams_ends_the_read_at_its_limit(method: str) -> None:
+    """A closed SOCK_SEQPACKET peer reads as empty datagrams forever (SocketCAN never does
+    this): a read counts them against its limit and returns."""
+    _needs(method)
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with rx, tx:
+        tx.close()
+        reader = FrameReader(rx, method=method)
+        assert reader.read(10) == []
+        assert reader.short == 10 and not reader.drained
