@@ -45,7 +45,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from agent.vehicle.decode import Decoder, MuxUnits, SkipUnit
+from agent.vehicle.decode import Decoder
+from agent.vehicle.plans import MuxUnits, SkipUnit
 from agent.vehicle.signals import Sampler
 
 # The policies compare `ts - published_ts` with an interval; the skip compares `ts` with

@@ -34,7 +34,7 @@ Unpacker = Callable[[int, float, list[Sample], int, Any], int]
 def generate(
     outs: Any, signals: dict[str, Signal], length: int, drop_class: type
 ) -> Unpacker | None:
-    """The function for one plan's outputs (a decode._Outputs), or None where a signal is
+    """The function for one plan's outputs (a plans.Outputs), or None where a signal is
     a float (bitstruct unpacks those)."""
     if any(s.is_float for s in signals.values()):
         return None

@@ -19,8 +19,8 @@ from agent.sim.runner import record
 from agent.sim.scenario import load_scenario
 from agent.uplink.pipeline import Pipeline
 from agent.vehicle import dbc
-from agent.vehicle.decode import signal_mask
 from agent.vehicle.model import Frame, RawFrame, Sample
+from agent.vehicle.plans import signal_mask
 from agent.vehicle.signals import Policy, policies_of
 from tests.support.pipelines import Records, recording_pipeline
 

@@ -12,8 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agent.vehicle import dbc
-from agent.vehicle.decode import Decoder, _Drop, _Outputs, _unpack, build_decoders, signal_mask
+from agent.vehicle.decode import Decoder, build_decoders
 from agent.vehicle.model import Sample
+from agent.vehicle.plans import Drop, Outputs, signal_mask
+from agent.vehicle.plans import unpack as unpack_with_bitstruct
 from agent.vehicle.unpackers import generate, raw_reader
 from tests.vehicle.test_decode import all_signals  # noqa: F401 - the fixture
 
@@ -40,9 +42,9 @@ def test_a_generated_raw_value_is_the_one_cantools_decodes(
         expected = message.decode(data, scaling=False)["S"]
     except Exception:
         assume(False)  # does not fit in 8 bytes
-    outs = _Outputs()
+    outs = Outputs()
     outs.general.append((signal_mask([signal]), "P", "S", lambda raw: raw))
-    unpack = generate(outs, {"S": signal}, 8, _Drop)
+    unpack = generate(outs, {"S": signal}, 8, Drop)
     assert unpack is not None
     out: list[Sample] = []
     bits = int.from_bytes(data, "little") & signal_mask([signal])
@@ -68,7 +70,7 @@ def _compare(decoder: Decoder, seed: int) -> int:
             decoder.stats = general
             out_general: list[Sample] = []
             dropped_general = decoder._emit(
-                plan.outs, _unpack(plan, data), 1.5, out_general, changed
+                plan.outs, unpack_with_bitstruct(plan, data), 1.5, out_general, changed
             )
             decoder.stats = fast
             out_fast: list[Sample] = []
