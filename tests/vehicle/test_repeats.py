@@ -317,15 +317,7 @@ def test_a_computed_value_keeps_the_time_of_its_newest_input_across_skipped_fram
         [(0x100, bms(-20.5), t0 + 49), (0x100, bms(-21.0), t0 + 50)],
         [(0x100, bms(-22.0), t0 + 20)],
     ]
-    one_records, many_records = Records(), Records()
-    one, many = _pipeline(vehicle, one_records, None), _pipeline(vehicle, many_records, None)
-    per_frame, per_read = one.receiver_for("powertrain"), many.frames_receiver_for("powertrain")
-    for read in reads:
-        for key, data, ts in read:
-            per_frame(Frame(key, data, ts))
-        per_read(read)
-    one.flush()
-    many.flush()
+    one, many, one_records, many_records = _read_by_read(reads)
     assert many_records.by_path[POWER] == one_records.by_path[POWER]
     assert many.computer is not None and one.computer is not None
     assert many.computer.seen_at == one.computer.seen_at
