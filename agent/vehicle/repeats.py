@@ -96,32 +96,31 @@ class Repeat:
         self.length = unit.length  # its number of bytes (a shorter frame could look equal)
         self.floor = math.inf  # no skip before this time: the newest publish of the paths
         self.due = -math.inf  # no skip from this time on: a policy would publish
-        # The signals given since the last renewal (-1: all): their policies may have moved
-        # `due`, so they are given again until the next renewal; for the others it holds.
-        self.dirty = 0
+        # The signals given since the last renewal (-1: all, as before the first): their
+        # policies may have moved `due`, so they are given again until the next renewal; for
+        # the others it holds. A renewal works out only their paths' timing again.
+        self.dirty = -1
         # False when the last renewal found no time a repeat could be skipped in (a path
         # published at every value): such an id is not worth renewing in the middle of a read.
         self.hopeful = True
-        # (bits, paths) of each signal that may be held back: all its paths steady, none
-        # read by a computed path.
-        by_bits: dict[int, set[str]] = {}
+        by_bits: dict[int, set[str]] = {}  # each signal's bits and its paths
         bits_of: dict[str, int] = {}
         for path, bits in unit.outputs:
             by_bits.setdefault(bits, set()).add(path)
             bits_of[path] = bits_of.get(path, 0) | bits
         # Each path's bits, and its due time, last publish and held-until time from the
-        # sampler (Sampler.timing) as of the last renewal: worked out again only for the
-        # paths whose signals were given since (nothing else moves a path's value or its
-        # last publish), -1 in `dirty` for all.
+        # sampler (Sampler.timing) as of the last renewal: nothing but its own signal's
+        # samples moves a path's value or its last publish.
         self.path_bits = tuple(bits_of[path] for path in self.paths)
         self.dues = [-math.inf] * len(self.paths)
         self.published = [-math.inf] * len(self.paths)
         self.helds = [-math.inf] * len(self.paths)
-        self.dirty = -1
 
         def alone(bits: int) -> bool:  # no other signal reads these bits (strict: false)
             return not any(bits & other for other in by_bits if other != bits)
 
+        # (bits, path indexes) of each signal that may be held back: all its paths steady,
+        # none read by a computed path.
         index = {path: i for i, path in enumerate(self.paths)}
         self.holdable = tuple(
             (bits, tuple(index[path] for path in sorted(paths)))
